@@ -1,0 +1,3 @@
+"""mmr1: R1-style reinforcement learning for vision-language models."""
+
+__version__ = "0.1.0"
