@@ -1,0 +1,242 @@
+"""`mmr1` command line: tiny-model, data, sft, eval, quickstart, config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import MMR1Error
+
+RECIPES = Path(__file__).parent / "recipes"
+
+
+def _config_epilog() -> str:
+    from .config import describe
+
+    lines = ["config keys (set in the YAML file or as key=value overrides):"]
+    for key, typ, default, help in describe():
+        lines.append(f"  {key} ({typ}, default {default!r}): {help}")
+    return "\n".join(lines)
+
+
+def _resolve_recipe(name: str | None) -> str | None:
+    """A YAML path, or the name of a recipe shipped with mmr1 (e.g. `quickstart`)."""
+    if name is None or Path(name).exists() or name.endswith((".yaml", ".yml")):
+        return name
+    shipped = RECIPES / f"{name}.yaml"
+    return str(shipped) if shipped.exists() else name
+
+
+def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
+    path = None
+    if args and "=" not in args[0]:
+        path, args = args[0], args[1:]
+    return _resolve_recipe(path), args
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_tiny_model(a) -> int:
+    from .models.tiny import build_tiny_model
+
+    t = time.time()
+    out = build_tiny_model(a.out, family=a.family, size=a.size, seed=a.seed, image_size=a.image_size)
+    print(f"wrote tiny {a.family} ({a.size}) checkpoint to {out} in {time.time() - t:.2f}s")
+    return 0
+
+
+def cmd_data_check(a) -> int:
+    from .data.check import check_dataset
+
+    report = check_dataset(a.file, format=a.format, image_root=a.image_root)
+    for line in report.lines():
+        print(line)
+    return 0 if report.ok else 1
+
+
+def cmd_data_world(a) -> int:
+    from .data.loaders import save_jsonl
+    from .data.worlds import make_world
+
+    samples = make_world(a.name, split=a.split, n=a.n, seed=a.seed, with_solution=a.with_solution)
+    save_jsonl(samples, a.out)
+    print(f"wrote {len(samples)} {a.name}/{a.split} samples to {a.out}")
+    return 0
+
+
+def cmd_sft(a) -> int:
+    from .build import build_model, build_samples
+    from .config import load_config
+    from .train.run_dir import RunDir
+    from .train.sft import train_sft
+    from .ui import print_table
+
+    path, overrides = _split_config_args(a.args)
+    cfg = load_config(path, overrides)
+    run = RunDir(cfg.logging.run_dir, tensorboard=cfg.logging.tensorboard)
+    lm = build_model(cfg, run.path)
+    train, _ = build_samples(cfg.data, "train", with_solution=True)
+    res = train_sft(cfg, lm, train, run, progress=cfg.logging.progress)
+    print_table("SFT", ["steps", "final loss", "skipped records", "seconds", "model"],
+                [[res.steps, res.final_loss, res.skipped_records, f"{res.seconds:.1f}", res.final_dir]])
+    run.close()
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from .build import build_model, build_samples
+    from .config import load_config
+    from .eval.evaluate import evaluate
+    from .train.run_dir import RunDir
+
+    path, overrides = _split_config_args(a.args)
+    cfg = load_config(path, overrides)
+    run = RunDir(cfg.logging.run_dir, tensorboard=cfg.logging.tensorboard)
+    lm = build_model(cfg, run.path)
+    samples, errors = build_samples(cfg.data, "eval")
+    out = run.sub("eval", a.name)
+    m = evaluate(lm, samples, max_new_tokens=cfg.rollout.max_new_tokens, batch_size=cfg.rollout.batch_size,
+                 checker=cfg.rewards.checker, system_prompt=cfg.data.system_prompt, out_dir=out,
+                 show_progress=cfg.logging.progress, on_error=cfg.data.on_error)
+    m["skipped_records"] += len(errors)
+    run.log_metrics(0, {k: v for k, v in m.items() if isinstance(v, (int, float))}, prefix=f"eval/{a.name}/")
+    _print_eval(a.name, m)
+    print(f"predictions and metrics: {out}")
+    run.close()
+    return 0
+
+
+def _print_eval(name: str, m: dict) -> None:
+    from .ui import print_table
+
+    print_table(f"eval: {name}", ["n", "accuracy", "format rate", "mean tokens", "truncated", "skipped"],
+                [[m["n"], m["accuracy"], m["format_rate"], f"{m['mean_tokens']:.1f}", m["truncation_rate"],
+                  m["skipped_records"]]])
+    if len(m["per_category"]) > 1:
+        print_table(f"{name}: per category", ["category", "n", "accuracy"],
+                    [[k, v["n"], v["accuracy"]] for k, v in m["per_category"].items()])
+
+
+def cmd_quickstart(a) -> int:
+    from .quickstart import run_quickstart
+
+    summary = run_quickstart(out=a.out, seed=a.seed, overrides=a.overrides)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_config(a) -> int:
+    from .config import load_config, save_config
+
+    if a.file or a.overrides:
+        cfg = load_config(_resolve_recipe(a.file), a.overrides)
+        save_config(cfg, "/dev/stdout")
+    else:
+        print(_config_epilog())
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmr1", description="R1-style RL for vision-language models.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("tiny-model", help="write a tiny random Qwen VL checkpoint (no download)",
+                       description="Write a complete tiny checkpoint directory (config, safetensors, tokenizer "
+                                   "with the real Qwen chat template, image processor) that loads like a real one.")
+    t.add_argument("--family", default="qwen2_5_vl", choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"],
+                   help="model family (default: qwen2_5_vl)")
+    t.add_argument("--size", default="M", choices=["S", "M", "L", "XL"],
+                   help="S ~0.3M, M ~3M, L ~25M, XL ~90M parameters (default: M)")
+    t.add_argument("--out", required=True, help="output directory")
+    t.add_argument("--seed", type=int, default=0, help="weight-init seed (default: 0)")
+    t.add_argument("--image-size", type=int, default=112,
+                   help="image side in pixels kept unchanged by the image processor (default: 112)")
+    t.set_defaults(fn=cmd_tiny_model)
+
+    d = sub.add_parser("data", help="dataset tools: check a file, write a synthetic world")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    c = dsub.add_parser("check", help="validate a dataset and report every bad record",
+                        description="Decode every record and image; print one line per bad record "
+                                    "(file:row field: what is wrong). Exit code 1 if any record is bad.")
+    c.add_argument("file", help="JSONL/JSON/Parquet file or HF datasets directory")
+    c.add_argument("--format", default="auto",
+                   help="record format: auto, mmr1, geometry3k, sharegpt, r1v, mathvista, mmsearch")
+    c.add_argument("--image-root", default=None, help="directory relative image paths are resolved against")
+    c.set_defaults(fn=cmd_data_check)
+    w = dsub.add_parser("world", help="write samples of a synthetic world as JSONL + PNG images")
+    w.add_argument("name", help="world name: counting or reasoning")
+    w.add_argument("--split", default="train", choices=["train", "test"], help="split (default: train)")
+    w.add_argument("--n", type=int, default=1000, help="number of samples (default: 1000)")
+    w.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
+    w.add_argument("--with-solution", action="store_true", help="include the teacher's solution as the target")
+    w.add_argument("--out", required=True, help="output .jsonl path (images go beside it)")
+    w.set_defaults(fn=cmd_data_world)
+
+    for name, fn, what in (("sft", cmd_sft, "supervised fine-tuning (cold-start / activation data)"),
+                           ("eval", cmd_eval, "greedy evaluation: accuracy, format rate, lengths")):
+        s = sub.add_parser(name, help=what, epilog=_config_epilog(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           usage=f"mmr1 {name} [CONFIG.yaml | RECIPE] [key=value ...]",
+                           description=f"{what}. CONFIG is a YAML file or a shipped recipe name; "
+                                       "key=value overrides any config key (e.g. trainer.lr=1e-5 model.path=/ckpt).")
+        s.add_argument("args", nargs="*", help="config file or recipe name, then key=value overrides")
+        if name == "eval":
+            s.add_argument("--name", default="eval", help="name of this evaluation (RUN/eval/NAME)")
+        s.set_defaults(fn=fn)
+
+    q = sub.add_parser("quickstart", help="the main job on the built-in default (tiny model, synthetic world)",
+                       description="Build a tiny model and the default synthetic world, run cold-start SFT, "
+                                   "evaluate, and print a summary table. Runs offline on a CPU.")
+    q.add_argument("--out", default="runs/quickstart", help="run directory (default: runs/quickstart)")
+    q.add_argument("--seed", type=int, default=0, help="seed for the model, the world and training (default: 0)")
+    q.add_argument("overrides", nargs="*", help="key=value config overrides")
+    q.set_defaults(fn=cmd_quickstart)
+
+    cf = sub.add_parser("config", help="list every config key, or print a resolved config",
+                        description="Without arguments: every config key with its type, default and meaning. "
+                                    "With a file/recipe and overrides: the resolved config as YAML.")
+    cf.add_argument("file", nargs="?", help="config file or recipe name")
+    cf.add_argument("overrides", nargs="*", help="key=value overrides")
+    cf.set_defaults(fn=cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    _quiet_libraries()
+    try:
+        return a.fn(a)
+    except MMR1Error as e:
+        if a.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        print(f"stopped: {e or 'interrupted'}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

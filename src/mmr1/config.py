@@ -1,0 +1,293 @@
+"""One tree of typed config objects, loaded from YAML with dotted overrides.
+
+Every key is checked before any work starts: unknown keys, wrong types and
+out-of-range values raise a ConfigError that names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from .errors import ConfigError
+
+
+def _f(default, help: str = "", min: float | None = None, max: float | None = None, **kw):
+    """A config field with its help text and numeric range."""
+    meta = {"help": help, "min": min, "max": max}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = _f(False, "train LoRA adapters on the language model instead of all weights")
+    r: int = _f(16, "LoRA rank", min=1)
+    alpha: int = _f(32, "LoRA alpha", min=1)
+    dropout: float = _f(0.0, "LoRA dropout", min=0.0, max=1.0)
+    target_modules: list = _f([], "linear layer names to adapt (empty: all attention and MLP projections)")
+
+
+@dataclass
+class ModelConfig:
+    path: str = _f("", "local checkpoint directory; empty builds a tiny model into the run directory")
+    tiny_family: Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"] = _f(
+        "qwen2_5_vl", "family of the tiny model built when path is empty")
+    tiny_size: Literal["S", "M", "L", "XL"] = _f("M", "size of the tiny model built when path is empty")
+    dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "parameter dtype")
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = _f("sdpa", "attention kernel")
+    freeze_vision: bool = _f(False, "keep the vision tower (and merger) frozen")
+    min_pixels: Optional[int] = _f(None, "image processor min_pixels override", min=1)
+    max_pixels: Optional[int] = _f(None, "image processor max_pixels override", min=1)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class DataConfig:
+    train: str = _f("world:counting", "training data: a file/directory, or world:NAME for a synthetic world")
+    eval: str = _f("world:counting", "held-out data: a file/directory, or world:NAME")
+    format: str = _f("auto", "record format (auto, mmr1, geometry3k, sharegpt, r1v, mathvista, mmsearch)")
+    image_root: Optional[str] = _f(None, "directory that relative image paths are resolved against")
+    train_size: int = _f(2000, "number of training samples drawn from a synthetic world", min=1)
+    eval_size: int = _f(500, "number of held-out samples (worlds), or a cap on eval files", min=1)
+    world_seed: int = _f(0, "seed of the synthetic world generator", min=0)
+    on_error: Literal["raise", "skip"] = _f("raise", "bad records: stop with the error, or skip and count them")
+    instruction: Optional[str] = _f(None, "text appended to every question (None: the world's default)")
+    system_prompt: Optional[str] = _f(None, "system message prepended to every prompt")
+
+
+@dataclass
+class RolloutConfig:
+    max_new_tokens: int = _f(96, "maximum completion length in tokens", min=1)
+    temperature: float = _f(1.0, "sampling temperature for RL rollouts (eval is greedy)", min=0.0)
+    top_p: float = _f(1.0, "nucleus sampling threshold", min=0.0, max=1.0)
+    group_size: int = _f(8, "completions per prompt (G)", min=1)
+    batch_size: int = _f(32, "prompts per generation batch", min=1)
+
+
+@dataclass
+class AlgorithmConfig:
+    adv_estimator: Literal["grpo", "rloo"] = _f("grpo", "advantage estimator")
+    scale_std: bool = _f(True, "divide group-centred rewards by the group std")
+    adv_eps: float = _f(1e-6, "epsilon added to the group std", min=0.0)
+    clip_low: float = _f(0.2, "PPO clip epsilon below 1", min=0.0)
+    clip_high: float = _f(0.2, "PPO clip epsilon above 1", min=0.0)
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = _f(
+        "token-mean", "how token losses are aggregated")
+    kl_estimator: Literal["k1", "k2", "k3", "low_var_kl"] = _f("k3", "KL estimator used as a loss term")
+    beta: float = _f(0.04, "KL weight (0 loads no reference model)", min=0.0)
+    ppo_epochs: int = _f(1, "optimisation passes over each rollout batch (mu)", min=1)
+
+
+@dataclass
+class RewardsConfig:
+    checker: Literal["auto", "math", "exact", "substring", "choice", "number"] = _f(
+        "auto", "how answers are compared with the reference")
+    format_weight: float = _f(1.0, "weight of the format reward", min=0.0)
+    accuracy_weight: float = _f(1.0, "weight of the accuracy reward", min=0.0)
+
+
+@dataclass
+class TrainerConfig:
+    lr: float = _f(1e-3, "peak learning rate", min=0.0)
+    lr_scheduler: Literal["constant", "linear", "cosine"] = _f("cosine", "learning-rate schedule after warm-up")
+    warmup_ratio: float = _f(0.05, "fraction of steps spent warming up", min=0.0, max=1.0)
+    weight_decay: float = _f(0.0, "AdamW weight decay", min=0.0)
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables)", min=0.0)
+    batch_size: int = _f(16, "samples per micro-batch", min=1)
+    grad_accum: int = _f(1, "micro-batches per optimizer step", min=1)
+    epochs: float = _f(1.0, "passes over the training data (max_steps wins when set)", min=0.0)
+    max_steps: int = _f(0, "optimizer steps (0: derived from epochs)", min=0)
+    max_length: int = _f(1024, "longest tokenised sample; longer ones are truncated", min=8)
+    seed: int = _f(0, "seed of model init, data order and sampling", min=0)
+    eval_every: int = _f(0, "evaluate every N steps (0: only at the end)", min=0)
+    save_every: int = _f(50, "checkpoint every N steps (0: only at the end)", min=0)
+    keep_checkpoints: int = _f(2, "how many step checkpoints to keep", min=1)
+    resume: bool = _f(True, "resume from the latest checkpoint in the run directory")
+
+
+@dataclass
+class LoggingConfig:
+    run_dir: str = _f("runs/default", "run directory (config, logs, metrics, checkpoints, predictions)")
+    log_every: int = _f(10, "write step metrics every N steps", min=1)
+    tensorboard: bool = _f(True, "write TensorBoard event files")
+    progress: bool = _f(True, "show progress bars")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+# ----------------------------------------------------------------------------- building and checking
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _coerce(key: str, tp, value):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, inner[0], value)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose {_type_name(tp)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} keys, got {type(value).__name__}")
+        return _build(tp, value, key + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is list:
+        if isinstance(value, list):
+            return value
+    elif tp is dict:
+        if isinstance(value, dict):
+            return value
+    else:  # pragma: no cover - only reached by a new field type
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in names:
+            close = difflib.get_close_matches(str(k), names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown key '{prefix}{k}'{hint} (known: {', '.join(names)})")
+    kwargs = {}
+    for name, f in names.items():
+        if name not in data:
+            continue
+        key = prefix + name
+        value = _coerce(key, hints[name], data[name])
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if lo is not None and value < lo or hi is not None and value > hi:
+                rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+                raise ConfigError(f"{key}: {value!r} is out of range; allowed {rng}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value (e.g. trainer.lr=1e-5)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _looks_numeric(raw):
+        value = float(raw)
+    return key.strip().split("."), value
+
+
+def _looks_numeric(raw: str) -> bool:
+    try:
+        float(raw)
+        return True
+    except ValueError:
+        return False
+
+
+def merge_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: '{part}' is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict | None = None) -> Config:
+    """Defaults <- `base` dict <- YAML file <- dotted overrides, then validate the lot."""
+    data: dict = {}
+    _deep_update(data, base or {})
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+        _deep_update(data, loaded)
+    merge_overrides(data, overrides or [])
+    return _build(Config, data)
+
+
+def _deep_update(dst: dict, src: dict) -> dict:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = v
+    return dst
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def describe(cls=Config, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, help) for every leaf key: the source of `mmr1 config --help`."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    default = cls()
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += describe(tp, prefix + f.name + ".")
+        else:
+            rows.append((prefix + f.name, _type_name(tp), getattr(default, f.name), f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,1 @@
+"""Evaluation: generate answers for a dataset and score them."""

@@ -1,0 +1,56 @@
+"""Forward passes that compute logits only where they are needed.
+
+A full-vocabulary projection over every prompt position is most of the memory
+of a VLM training step; SFT and RL only need logits at target positions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids",
+                    "position_ids")
+
+
+def unwrap(model):
+    """The HF ...ForConditionalGeneration under a peft wrapper (LoRA layers stay injected)."""
+    inner = model
+    while hasattr(inner, "base_model") and hasattr(inner, "peft_config"):
+        inner = inner.base_model.model
+    return inner
+
+
+def hidden_states(model, batch: dict) -> torch.Tensor:
+    """Last hidden states [B, T, H] of the language model for a batch of model inputs."""
+    hf = unwrap(model)
+    inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch and batch[k] is not None}
+    out = hf.model(**inputs, use_cache=False, return_dict=True)
+    return out.last_hidden_state
+
+
+def target_logprobs(model, batch: dict, targets: torch.Tensor, temperature: float = 1.0):
+    """Log-probs of `targets[b, t]` (the token at t+1 predicted from t) wherever targets >= 0.
+
+    Returns (logprobs [B, T] zero where unused, mask [B, T] bool, entropy [B, T]).
+    """
+    h = hidden_states(model, batch)
+    mask = targets >= 0
+    logits = unwrap(model).lm_head(h[mask]).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp_all = F.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
+    ent = -(logp_all.exp() * logp_all).sum(-1)
+    out = torch.zeros(targets.shape, dtype=logp.dtype, device=logp.device)
+    out_ent = torch.zeros_like(out)
+    out[mask] = logp
+    out_ent[mask] = ent.detach()
+    return out, mask, out_ent
+
+
+def shift_labels(labels: torch.Tensor) -> torch.Tensor:
+    """targets[t] = labels[t+1]; positions with no next-token label get -100."""
+    targets = torch.full_like(labels, -100)
+    targets[:, :-1] = labels[:, 1:]
+    return targets

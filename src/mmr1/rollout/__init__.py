@@ -1,0 +1,1 @@
+"""Rollout engines: token-in/token-out generation behind one interface."""

@@ -1,0 +1,22 @@
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """Tiny S-size checkpoints of each family, built once per test session."""
+    from mmr1.models.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {fam: build_tiny_model(root / fam, family=fam, size="S", seed=0)
+            for fam in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")}
+
+
+def solid_image(rgb=(200, 30, 30), size=112):
+    from PIL import Image
+
+    return Image.new("RGB", (size, size), rgb)
