@@ -153,7 +153,7 @@ def train_sft(cfg: Config, lm, train_samples, run: RunDir, eval_fn=None, progres
                 batch = to_device(collate([encoded[j] for j in b], pad), device)
                 loss_sum, _ = sft_loss_sum(model, batch)
                 (loss_sum / max(1, n_tok)).backward()
-                total_loss += float(loss_sum)
+                total_loss += float(loss_sum.detach())
             grad_norm = (torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm) if tc.max_grad_norm > 0
                          else torch.tensor(0.0))
             opt.step()
