@@ -33,7 +33,7 @@ def _get(record: dict, key: str, types: type | tuple, *, optional: bool = False,
         if optional:
             return None
         raise DataError("missing", field=field)
-    if not isinstance(value, types) or isinstance(value, bool) and bool not in _as_tuple(types):
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
         raise DataError(f"expected {_type_names(types)}, got {type(value).__name__}", field=field)
     return value
 
@@ -149,11 +149,13 @@ def from_geometry3k(record: dict) -> Sample:
 
 
 def from_sharegpt(record: dict) -> Sample:
-    """Vision-R1-cold (LLaMA-Factory ShareGPT): conversations + image/images."""
-    conv = _get(record, "conversations", list)
+    """Vision-R1-cold (LLaMA-Factory ShareGPT): conversations + image/images. LLaMA-Factory's
+    variant with a `messages` key (role/content, `<image>` in the text) is read the same way."""
+    key = "conversations" if "conversations" in record or "messages" not in record else "messages"
+    conv = _get(record, key, list)
     turns = []
     for i, turn in enumerate(conv):
-        f = f"conversations[{i}]"
+        f = f"{key}[{i}]"
         if not isinstance(turn, dict):
             raise DataError(f"expected a dict, got {type(turn).__name__}", field=f)
         role_key, text_key = ("from", "value") if "from" in turn else ("role", "content")
@@ -162,9 +164,9 @@ def from_sharegpt(record: dict) -> Sample:
             raise DataError(f"unknown role {role!r} (expected one of {sorted(ROLES)})", field=f"{f}.{role_key}")
         turns.append((ROLES[role], _get(turn, text_key, str, field=f"{f}.{text_key}")))
     if not any(role == "user" for role, _ in turns):
-        raise DataError("no user turn", field="conversations")
+        raise DataError("no user turn", field=key)
     images = _image_list(record, "images") + _image_list(record, "image")
-    messages = chat(turns, len(images), "conversations")
+    messages = chat(turns, len(images), key)
     answers = []
     if turns[-1][0] == "assistant":  # keep the tagged final answer so SFT data can be graded too
         found = _ANSWER_TAG.findall(turns[-1][1])
@@ -302,9 +304,17 @@ FORMATS = tuple(PARSERS)
 
 # Distinctive keys, checked in this order; the first match wins. Loose on purpose: a row
 # missing a required field should still be routed to its parser, which names the field.
+def _sharegpt_messages(record: dict) -> bool:
+    """A `messages` list whose text carries `<image>` placeholders is LLaMA-Factory ShareGPT,
+    not native (native messages hold image parts)."""
+    msgs = record.get("messages")
+    return isinstance(msgs, list) and any(
+        isinstance(m, dict) and isinstance(m.get("content"), str) and IMAGE_TOKEN in m["content"] for m in msgs)
+
+
 _SIGNATURES: list[tuple[str, Callable[[dict], bool]]] = [
+    ("sharegpt", lambda r: "conversations" in r or _sharegpt_messages(r)),
     ("mmr1", lambda r: "messages" in r),
-    ("sharegpt", lambda r: "conversations" in r),
     ("mmsearch", lambda r: "reward_model" in r or ("prompt" in r and "data_source" in r)),
     ("mathvista", lambda r: "pid" in r or "decoded_image" in r or "answer_type" in r or "question_type" in r),
     ("r1v", lambda r: "solution" in r or "ground_truth" in r or "image_path" in r
