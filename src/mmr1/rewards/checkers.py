@@ -1,0 +1,333 @@
+"""Answer checkers: is an extracted answer right for a sample?
+
+All pure functions. Anything that could make a wrong answer score is rejected up front: None or
+empty predictions, hedges ("40 or 50", "A or B"), and for numbers a prediction with more than one
+distinct number in it. math-verify runs without its signal-based timeout outside the main thread
+(signals only work there), on short inputs only, inside try/except, with parses cached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import string
+import threading
+from collections.abc import Mapping
+from functools import lru_cache
+
+from .extract import extract_answer, extract_choice, unwrap
+from .format import think_answer_format
+
+KINDS = ("auto", "math", "exact", "substring", "choice", "number")
+
+# ---------------------------------------------------------------- text (SQuAD / Search-R1 EM, SubEM)
+
+_PUNCT = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_text(s: str) -> str:
+    """SQuAD normalisation: lower case, drop punctuation, drop a/an/the, collapse whitespace."""
+    s = "".join(ch for ch in str(s).lower() if ch not in _PUNCT)
+    return " ".join(_ARTICLES.sub(" ", s).split())
+
+
+def _as_list(answers) -> list[str]:
+    if answers is None:
+        return []
+    if isinstance(answers, (str, int, float)):
+        answers = [answers]
+    return [str(a) for a in answers if a is not None]
+
+
+def exact_match(pred: str | None, answers) -> bool:
+    """Normalised prediction equals some normalised gold (any of the candidates)."""
+    p = normalize_text(pred) if pred else ""
+    return bool(p) and any(p == normalize_text(g) for g in _as_list(answers))
+
+
+def substring_match(pred: str | None, answers) -> bool:
+    """SubEM: some non-empty normalised gold occurs inside the normalised prediction.
+
+    Note SubEM rewards a prediction that lists many candidates; use EM for rewards.
+    """
+    p = normalize_text(pred) if pred else ""
+    return bool(p) and any((g := normalize_text(a)) and g in p for a in _as_list(answers))
+
+
+# ---------------------------------------------------------------- cleaning and numbers
+
+_DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ\b|\\degree\b|[°º˚]")
+_TEXT_CMD = re.compile(r"\\(?:text|mathrm|mbox|textrm|operatorname)\s*\{([^{}]*)\}")
+_UNIT = (r"(?:square\s+|sq\.?\s*|cubic\s+)?(?:cm|mm|km|dm|m|meters?|metres?|inch(?:es)?|ft|feet|foot|yards?|"
+         r"units?|degrees?|deg|seconds?|secs?|minutes?|mins?|hours?|hrs?|kg|percent|%|"
+         r"平方厘米|平方米|立方厘米|立方米|厘米|毫米|分米|千米|公里|米|海里|秒|分钟|小时|度|元)")
+_POWER = r"(?:\s*(?:\^\s*\{?\s*[23]\s*\}?\^?|[²³]))?"  # cm^2, cm^{2}, cm²
+_TRAILING_UNIT = re.compile(rf"(?<=[\d\s}}).π])\s*{_UNIT}{_POWER}\s*$", re.IGNORECASE)
+_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_FLOAT = re.compile(_NUM)
+_FRACTION = re.compile(rf"({_NUM})\s*(?:/|:)\s*({_NUM})")  # "1/2", and ratios "1:3"
+_LATEX_FRAC = re.compile(rf"([-+]?)\\[dt]?frac\{{({_NUM})\}}\{{({_NUM})\}}")
+_ANY_NUMBER = re.compile(r"(?<![\d.])-?\d+(?:\.\d+)?")
+
+
+def clean_math(s: str) -> str:
+    """Strip what does not change the value: `$`/`\\boxed{}` wrappers, `\\text{}`, degree signs, units,
+    a trailing period, and a left-hand side (`x = 40` -> `40`, `a = 3*4 = 12` -> `12`)."""
+    s = _TEXT_CMD.sub(r"\1", unwrap(str(s)))
+    s = _DEGREE.sub("", s)
+    rhs = re.split(r"=|≈|\\approx", s)[-1]
+    s = rhs if rhs.strip() else s
+    prev = None
+    while prev != s:
+        prev = s
+        s = _TRAILING_UNIT.sub("", unwrap(s)).strip()
+        s = s[:-1].strip() if s.endswith(".") else s
+    return s
+
+
+def to_number(s) -> float | None:
+    """The value of a plain number ("40", "40.0", "1,000", "1/2", "\\frac{1}{2}", "140°", "5 cm"), else None."""
+    if isinstance(s, (int, float)) and not isinstance(s, bool):
+        return float(s)
+    if not isinstance(s, str):
+        return None
+    s = clean_math(s).replace(" ", "")
+    if _THOUSANDS.fullmatch(s):
+        s = s.replace(",", "")
+    try:
+        if _FLOAT.fullmatch(s):
+            return float(s)
+        if m := _FRACTION.fullmatch(s):
+            return float(m.group(1)) / float(m.group(2))
+        if m := _LATEX_FRAC.fullmatch(s):
+            v = float(m.group(2)) / float(m.group(3))
+            return -v if m.group(1) == "-" else v
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return None
+    return None
+
+
+def numbers_equal(p: float, g: float, precision: int | None = None) -> bool:
+    """Equal up to 1e-6 relative; with `precision` (MathVista floats) both are rounded to that many decimals."""
+    if precision is not None:
+        return abs(round(p, precision) - round(g, precision)) < 0.5 * 10.0 ** -precision
+    return math.isclose(p, g, rel_tol=1e-6, abs_tol=1e-9)
+
+
+# Hedges: "40 or 50", "40, 50", "A; B" — more alternatives in the prediction than in the gold.
+_ALTERNATIVES = re.compile(r"\s*(?:,|;|\||\bor\b|\band\b|或)\s*|\n+")
+
+
+def _n_alternatives(s: str) -> int:
+    s = _THOUSANDS.sub(lambda m: m.group(0).replace(",", ""), s)
+    return sum(1 for part in _ALTERNATIVES.split(s) if part and part.strip())
+
+
+def is_hedge(pred: str, gold: str) -> bool:
+    return _n_alternatives(pred) > max(1, _n_alternatives(gold))
+
+
+# ---------------------------------------------------------------- math-verify
+
+_TOO_HARD = re.compile(r"\^\s*\{?\s*[\d.]{4,}|(?:\^[^^]*){3,}|!")  # huge powers / towers / factorials hang sympy
+
+
+def _latexify(s: str) -> str:
+    """Plain-text maths the models write ("2√3", "sqrt(3)/2", "25π/4") in LaTeX for math-verify."""
+    s = re.sub(r"√\s*\{", r"\\sqrt{", s)
+    s = re.sub(r"√\s*\(([^()]*)\)", r"\\sqrt{\1}", s)
+    s = re.sub(r"√\s*([\d.]+|[a-zA-Z])", r"\\sqrt{\1}", s)
+    s = re.sub(r"(?<![A-Za-z\\])sqrt\s*\(([^()]*)\)", r"\\sqrt{\1}", s)
+    s = re.sub(r"(?<![A-Za-z\\])pi(?![A-Za-z])|π", r"\\pi ", s)
+    return s.replace("×", r"\times ").replace("÷", "/").replace("·", r"\cdot ")
+
+
+class _DropTimeoutWarning(logging.Filter):
+    """Running without math-verify's signal timeout off the main thread is deliberate; don't warn about it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timeout is disabled" not in record.getMessage()
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_DropTimeoutWarning())
+
+
+def _timeout() -> int | None:
+    # math-verify's timeouts use signal.alarm, which raises outside the main thread.
+    return 3 if threading.current_thread() is threading.main_thread() else None
+
+
+@lru_cache(maxsize=1 << 16)
+def _mv_parse(s: str) -> tuple:
+    if not s or len(s) > 200 or _TOO_HARD.search(s):
+        return ()
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    try:
+        out = parse(f"${_latexify(s)}$", [LatexExtractionConfig(), ExprExtractionConfig()],
+                    parsing_timeout=_timeout())
+    except Exception:
+        return ()
+    return tuple(out)
+
+
+@lru_cache(maxsize=1 << 16)
+def _mv_equal(pred: str, gold: str) -> bool:
+    p, g = _mv_parse(pred), _mv_parse(gold)
+    if not p or not g:
+        return False
+    from math_verify import verify
+
+    try:
+        return bool(verify(list(g), list(p), timeout_seconds=_timeout()))
+    except Exception:
+        return False
+
+
+def _squash(s: str) -> str:
+    return re.sub(r"\s+|\\left|\\right|\\!|\\,|[{}]", "", s).lower()
+
+
+def math_equal(pred: str | None, gold) -> bool:
+    """Mathematical equality: cleaned string match, then numbers, then math-verify (LaTeX and plain forms)."""
+    if pred is None or gold is None:
+        return False
+    pred, gold = str(pred), str(gold)
+    if not pred.strip() or is_hedge(pred, gold):
+        return False
+    p, g = clean_math(pred), clean_math(gold)
+    if not p:
+        return False
+    if _squash(p) == _squash(g):
+        return True
+    pn, gn = to_number(p), to_number(g)
+    if pn is not None and gn is not None:
+        return numbers_equal(pn, gn)
+    return _mv_equal(p, g)
+
+
+def number_equal(pred: str | None, gold, precision: int | None = None) -> bool:
+    """A numeric answer: the prediction must hold one number (a fraction counts as one) equal to the gold.
+
+    More than one distinct number ("40 or 50", "3, 4", "0{3}{5}") never scores. A prediction that
+    is not a plain number, or a gold that is not one, falls back to math_equal ("\\sqrt{4}" == 2)
+    without the precision rule.
+    """
+    if pred is None or not str(pred).strip() or gold is None or is_hedge(str(pred), str(gold)):
+        return False
+    gn = to_number(gold)
+    if gn is None:
+        return math_equal(pred, gold)
+    p = clean_math(str(pred))
+    pn = to_number(p)
+    if pn is not None:
+        return numbers_equal(pn, gn, precision)
+    found = {float(x) for x in _ANY_NUMBER.findall(p)}
+    if len(found) > 1:
+        return False
+    if len(found) == 1 and numbers_equal(found.pop(), gn, precision):
+        return True
+    return math_equal(p, gold)
+
+
+# ---------------------------------------------------------------- choices
+
+def _gold_letter(gold: str, choices: list[str] | None) -> str | None:
+    g = unwrap(str(gold)).strip().rstrip(".")
+    letters = string.ascii_uppercase[: len(choices)] if choices else string.ascii_uppercase
+    m = re.fullmatch(r"[(\[]?([A-Z])[)\]]?", g)
+    if m and m.group(1) in letters:
+        return m.group(1)
+    return extract_choice(g, choices) if choices else None
+
+
+def choice_equal(pred: str | None, gold, choices: list[str] | None) -> bool:
+    """Same option letter; the gold may be the letter or the option's text. Several letters never score."""
+    pl = extract_choice(pred, choices)
+    return pl is not None and pl == _gold_letter(gold, choices)
+
+
+# ---------------------------------------------------------------- dispatch
+
+def _fields(x) -> tuple[list[str], list[str] | None, str | None, int | None]:
+    """(golds, choices, answer_type, precision) from a Sample, a dict, a string/number or a list of golds."""
+    if isinstance(x, Mapping):
+        keys = [k for k in ("answers", "answer", "ground_truth", "solution") if x.get(k) not in (None, "", [])]
+        golds = _as_list(x[keys[0]]) if keys else []
+        cands = x.get("candidate_answers")
+        if isinstance(cands, str):
+            try:
+                cands = json.loads(cands)
+            except ValueError:
+                cands = [cands]
+        golds += _as_list(cands)
+        choices, atype, prec = x.get("choices"), x.get("answer_type"), x.get("precision")
+    elif hasattr(x, "answers"):
+        golds, choices = _as_list(x.answers), getattr(x, "choices", None)
+        atype, prec = getattr(x, "answer_type", None), getattr(x, "precision", None)
+    else:
+        golds, choices, atype, prec = _as_list(x), None, None, None
+    # R1-V style solutions carry the gold in answer tags: "<answer> 3 </answer>"
+    golds = [extract_answer(g) if "</answer>" in g else g for g in golds]
+    return [g for g in golds if g and g.strip()], (list(choices) if choices else None), atype, prec
+
+
+_MATH_WORDS = re.compile(r"\\[a-zA-Z]+|sqrt|pi|cm|mm|km|m\b|units?|degrees?")
+
+
+def _looks_math(g: str) -> bool:
+    rest = _MATH_WORDS.sub("", clean_math(g))
+    return bool(re.search(r"[\d√π^]", rest)) and not re.search(r"[A-Za-z]{2,}", rest)
+
+
+def resolve_kind(golds: list[str], choices, answer_type: str | None) -> str:
+    """auto: choice when there are options, number for integer/float answers or numeric golds, math
+    for formula-like golds, exact otherwise."""
+    atype = (answer_type or "").lower()
+    if choices or atype in {"multi_choice", "multiple_choice", "choice"}:
+        return "choice"
+    if atype in {"integer", "int", "float", "number"} or (golds and all(to_number(g) is not None for g in golds)):
+        return "number"
+    if golds and any(_looks_math(g) for g in golds):
+        return "math"
+    return "exact"
+
+
+def check_answer(pred: str | None, sample_or_fields, kind: str = "auto") -> bool:
+    """Is `pred` (an already extracted answer) right? None or empty never is.
+
+    `sample_or_fields`: a Sample, a dict (answers/answer/ground_truth/solution, candidate_answers,
+    choices, answer_type, precision), or the gold answer(s) themselves.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown checker kind {kind!r}; expected one of {KINDS}")
+    if pred is None or not str(pred).strip():
+        return False
+    pred = str(pred)
+    golds, choices, atype, prec = _fields(sample_or_fields)
+    if not golds:
+        return False
+    if kind == "auto":
+        kind = resolve_kind(golds, choices, atype)
+    if kind == "exact":
+        return exact_match(pred, golds)
+    if kind == "substring":
+        return substring_match(pred, golds)
+    if kind == "choice":
+        return any(choice_equal(pred, g, choices) for g in golds)
+    if kind == "number":
+        prec = None if (atype or "").lower() in {"integer", "int"} else prec
+        return any(number_equal(pred, g, prec) for g in golds)
+    return any(math_equal(pred, g) for g in golds)
+
+
+def score_completion(completion: str, sample, kind: str = "auto") -> dict:
+    """{"extracted": last <answer> content or None, "correct": bool, "formatted": think/answer format ok}."""
+    extracted = extract_answer(completion)
+    return {"extracted": extracted, "correct": check_answer(extracted, sample, kind),
+            "formatted": think_answer_format(completion) if isinstance(completion, str) else False}
