@@ -1,0 +1,122 @@
+"""The synthetic worlds: deterministic, split-disjoint, answers that need the image, teacher that agrees."""
+
+import re
+from collections import Counter
+
+import pytest
+
+from mmr1.data.worlds import (COLOURS, WORLDS, describe, majority_baseline, make_world, teacher_solution,
+                              world_names)
+from mmr1.data.worlds.scenes import BACKGROUND, split_of
+from mmr1.errors import ConfigError
+
+SOLUTION = re.compile(r"^<think>.*</think><answer>.*</answer>$", re.DOTALL)
+
+
+def _layout(s):
+    return tuple(map(tuple, s.meta["objects"]))
+
+
+def _recompute(s):
+    """The answer from meta['objects'] and the question's query, independently of the world code."""
+    objs, q = s.meta["objects"], s.meta["query"]
+    if "colour" in q:
+        return sum(o[2] == q["colour"] for o in objs)
+    if "shape" in q:
+        return sum(o[3] == q["shape"] for o in objs)
+    a, b = (sum(o[2] == c for o in objs) for c in q["colours"])
+    return {"weighted_sum": lambda: a * q["weights"][0] + b * q["weights"][1],
+            "difference": lambda: a - b, "total": lambda: a + b}[s.category]()
+
+
+def test_registry():
+    assert world_names() == ["counting", "reasoning"] == sorted(WORLDS)
+
+
+@pytest.mark.parametrize("name", ["counting", "reasoning"])
+def test_deterministic(name):
+    a, b = make_world(name, n=50, seed=3), make_world(name, n=50, seed=3)
+    assert [s.id for s in a] == [s.id for s in b]
+    assert [s.answers for s in a] == [s.answers for s in b]
+    assert [s.messages for s in a] == [s.messages for s in b]
+    assert [s.images[0].tobytes() for s in a] == [s.images[0].tobytes() for s in b]
+    assert a[0].id == f"{name}-train-3-000000"
+    prefix = make_world(name, n=10, seed=3)  # sample i does not depend on n
+    assert [s.images[0].tobytes() for s in prefix] == [s.images[0].tobytes() for s in a[:10]]
+    c = make_world(name, n=50, seed=4)
+    assert [s.meta["objects"] for s in a] != [s.meta["objects"] for s in c]
+    assert sum(x.images[0].tobytes() != y.images[0].tobytes() for x, y in zip(a, c)) > 45
+
+
+@pytest.mark.parametrize("name", ["counting", "reasoning"])
+def test_splits_disjoint(name):
+    train = make_world(name, "train", n=1000, seed=0)
+    test = make_world(name, "test", n=200, seed=0)
+    other_seed = make_world(name, "test", n=200, seed=1)
+    train_layouts = {_layout(s) for s in train}
+    assert not train_layouts & {_layout(s) for s in test + other_seed}
+    assert all(split_of(s.meta["objects"]) == "train" for s in train)
+    assert all(s.id.startswith(f"{name}-test-") for s in test)
+
+
+@pytest.mark.parametrize("name", ["counting", "reasoning"])
+def test_answers_and_teacher(name):
+    samples = make_world(name, n=300, seed=0, with_solution=True)
+    cats = Counter(s.category for s in samples)
+    assert set(cats) == set(WORLDS[name].variants)
+    for s in samples:
+        assert s.answer_type == "integer" and s.meta["world"] == name
+        assert s.answer == str(_recompute(s))
+        assert int(s.answer) >= 0
+        assert s.messages[-1]["role"] == "assistant"
+        for style in ("plain", "reflective"):
+            sol = teacher_solution(s, style)
+            assert SOLUTION.match(sol)
+            assert re.search(r"<answer>(.*)</answer>", sol).group(1) == s.answer
+        assert s.target() == teacher_solution(s)
+        assert "Wait" in teacher_solution(s, "reflective") and "Wait" not in s.target()
+        assert s.question_text().endswith("in <answer> </answer> tags.")
+
+
+def test_counting_not_dominated():
+    samples = make_world("counting", n=1000, seed=0)
+    assert majority_baseline(samples) <= 0.35
+    test = make_world("counting", "test", n=500, seed=0)
+    assert majority_baseline(test, reference=samples, per_question=True) <= 0.35
+    assert sum(describe(samples).values()) == 1000
+
+
+def test_reasoning_not_dominated():
+    samples = make_world("reasoning", n=1000, seed=0)
+    assert majority_baseline(samples) <= 0.3
+    assert all(s.answer.isdigit() for s in samples)
+
+
+def test_images():
+    for s in make_world("counting", n=20, seed=0):
+        img = s.images[0]
+        assert img.mode == "RGB" and img.size == (112, 112)
+        occupied = {(o[0], o[1]): COLOURS[o[2]] for o in s.meta["objects"]}
+        for r in range(4):
+            for c in range(4):
+                cell = img.crop((c * 28, r * 28, c * 28 + 28, r * 28 + 28))
+                pixels = {rgb for _, rgb in cell.getcolors()}
+                if (r, c) in occupied:  # the object's colour is drawn and stays inside its cell
+                    assert occupied[(r, c)] in pixels
+                else:
+                    assert pixels == {BACKGROUND}
+
+
+def test_params():
+    s = make_world("counting", n=5, image_size=224, grid=4, colours=["red", "blue"], shapes=["circle", "cross"],
+                   instruction=None, variants=["count_shape"])[0]
+    assert s.images[0].size == (224, 224) and s.category == "count_shape"
+    assert s.question_text().startswith("How many") and s.question_text().endswith("image?")
+    with pytest.raises(ConfigError):
+        make_world("counting", n=1, colour=["red"])  # typo'd key
+    with pytest.raises(ConfigError):
+        make_world("counting", n=1, colours={"red": (200, 0, 0), "red2": (210, 10, 10)})  # too close
+    with pytest.raises(ConfigError):
+        make_world("nope", n=1)
+    with pytest.raises(ConfigError):
+        make_world("counting", split="dev", n=1)
