@@ -141,11 +141,13 @@ def cmd_quickstart(a) -> int:
 
 
 def cmd_config(a) -> int:
-    from .config import load_config, save_config
+    import yaml
+
+    from .config import load_config, to_dict
 
     if a.file or a.overrides:
         cfg = load_config(_resolve_recipe(a.file), a.overrides)
-        save_config(cfg, "/dev/stdout")
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     else:
         print(_config_epilog())
     return 0

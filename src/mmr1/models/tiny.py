@@ -107,7 +107,9 @@ def build_tokenizer(vocab_size: int = 1024, extra_text: str = ""):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    lines = (_CORPUS + "\n" + extra_text).splitlines()
+    from ..data.worlds import corpus_text  # the worlds' prompts and solutions: short token sequences
+
+    lines = (_CORPUS + "\n" + corpus_text() + "\n" + extra_text).splitlines()
     tok.train_from_iterator(lines * 4, trainer=trainer)
     state = json.loads(tok.to_str())
     vocab = state["model"]["vocab"]

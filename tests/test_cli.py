@@ -1,0 +1,63 @@
+import json
+
+import pytest
+
+from mmr1.cli import build_parser, main
+
+
+def test_help_lists_every_command_and_config_key(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("tiny-model", "data", "sft", "eval", "quickstart", "config"):
+        assert cmd in out
+    with pytest.raises(SystemExit):
+        main(["sft", "--help"])
+    out = capsys.readouterr().out
+    assert "trainer.lr (float, default 0.001): peak learning rate" in out
+    assert "data.on_error (one of 'raise', 'skip'" in out
+
+
+def test_every_option_has_help():
+    parser = build_parser()
+    stack = [parser]
+    while stack:
+        p = stack.pop()
+        for action in p._actions:
+            if action.__class__.__name__ == "_SubParsersAction":
+                stack += list(action.choices.values())
+            elif action.dest != "help":
+                assert action.help, f"{p.prog}: option {action.dest} has no help"
+
+
+def test_tiny_model_and_config_commands(tmp_path, capsys):
+    assert main(["tiny-model", "--family", "qwen2_vl", "--size", "S", "--out", str(tmp_path / "m")]) == 0
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "qwen2_vl"
+    assert main(["config", "quickstart", "trainer.lr=0.5"]) == 0
+    assert "lr: 0.5" in capsys.readouterr().out
+
+
+def test_config_error_is_one_line(capsys):
+    assert main(["config", "quickstart", "trainer.lrr=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: unknown key 'trainer.lrr'; did you mean 'trainer.lr'? (known: lr, lr_scheduler, "
+                   "warmup_ratio, weight_decay, max_grad_norm, batch_size, grad_accum, epochs, max_steps, "
+                   "max_length, seed, eval_every, save_every, keep_checkpoints, resume)"]
+
+
+def test_data_world_then_check(tmp_path, capsys):
+    out = tmp_path / "w.jsonl"
+    assert main(["data", "world", "counting", "--n", "5", "--with-solution", "--out", str(out)]) == 0
+    assert main(["data", "check", str(out)]) == 0
+    capsys.readouterr()
+    # break one image and one record: check reports both, exit code 1
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    img = out.parent / rows[1]["images"][0]
+    img.write_bytes(img.read_bytes()[:60])
+    del rows[3]["answers"]
+    rows[3]["messages"] = "not a list"
+    out.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert main(["data", "check", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert f"{out}:2" in text and "images[0]" in text
+    assert f"{out}:4" in text and "messages" in text
