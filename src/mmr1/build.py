@@ -46,7 +46,9 @@ def build_samples(data: DataConfig, split: str, with_solution: bool = False) -> 
 
         name = spec.split(":", 1)[1]
         n = data.train_size if split == "train" else data.eval_size
-        params = {} if data.instruction is None else {"instruction": data.instruction}
+        params = dict(data.world_params)
+        if data.instruction is not None:
+            params["instruction"] = data.instruction
         samples = make_world(name, split="train" if split == "train" else "test", n=n, seed=data.world_seed,
                              with_solution=with_solution, **params)
         return samples, []

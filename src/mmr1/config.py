@@ -60,6 +60,8 @@ class DataConfig:
     train_size: int = _f(2000, "number of training samples drawn from a synthetic world", min=1)
     eval_size: int = _f(500, "number of held-out samples (worlds), or a cap on eval files", min=1)
     world_seed: int = _f(0, "seed of the synthetic world generator", min=0)
+    world_params: dict = _f({}, "synthetic world parameters: grid, image_size, colours, shapes, n_objects, "
+                                "count_range, weights, variants")
     on_error: Literal["raise", "skip"] = _f("raise", "bad records: stop with the error, or skip and count them")
     instruction: Optional[str] = _f(None, "text appended to every question (None: the world's default)")
     system_prompt: Optional[str] = _f(None, "system message prepended to every prompt")

@@ -54,6 +54,9 @@ def load_model(path: str | Path, *, dtype: str = "float32", device: str = "cpu",
                freeze_vision: bool = False, lora: dict | None = None, attn_implementation: str = "sdpa",
                min_pixels: int | None = None, max_pixels: int | None = None) -> LoadedModel:
     check_torchvision()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-shard bars drown the run's own progress
     path = Path(path)
     family = detect_family(path)
     adapter = adapter_for_family(family)
