@@ -79,17 +79,24 @@ def cmd_data_world(a) -> int:
     return 0
 
 
-def cmd_sft(a) -> int:
-    from .build import build_model, build_samples
+def _job(a):
+    """Config, run directory and model of a `sft` / `eval` invocation."""
+    from .build import build_model
     from .config import load_config
     from .train.run_dir import RunDir
-    from .train.sft import train_sft
-    from .ui import print_table
 
     path, overrides = _split_config_args(a.args)
     cfg = load_config(path, overrides)
     run = RunDir(cfg.logging.run_dir, tensorboard=cfg.logging.tensorboard)
-    lm = build_model(cfg, run.path)
+    return cfg, run, build_model(cfg, run.path)
+
+
+def cmd_sft(a) -> int:
+    from .build import build_samples
+    from .train.sft import train_sft
+    from .ui import print_table
+
+    cfg, run, lm = _job(a)
     train, _ = build_samples(cfg.data, "train", with_solution=True)
     res = train_sft(cfg, lm, train, run, progress=cfg.logging.progress)
     print_table("SFT", ["steps", "final loss", "skipped records", "seconds", "model"],
@@ -99,15 +106,10 @@ def cmd_sft(a) -> int:
 
 
 def cmd_eval(a) -> int:
-    from .build import build_model, build_samples
-    from .config import load_config
+    from .build import build_samples
     from .eval.evaluate import evaluate
-    from .train.run_dir import RunDir
 
-    path, overrides = _split_config_args(a.args)
-    cfg = load_config(path, overrides)
-    run = RunDir(cfg.logging.run_dir, tensorboard=cfg.logging.tensorboard)
-    lm = build_model(cfg, run.path)
+    cfg, run, lm = _job(a)
     samples, errors = build_samples(cfg.data, "eval")
     out = run.sub("eval", a.name)
     m = evaluate(lm, samples, max_new_tokens=cfg.rollout.max_new_tokens, batch_size=cfg.rollout.batch_size,
