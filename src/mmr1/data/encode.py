@@ -25,8 +25,8 @@ class Encoded:
         return int(self.input_ids.shape[0])
 
 
-def with_prompt(sample: Sample, system_prompt: str | None = None) -> list[dict]:
-    msgs = sample.messages
+def with_system(msgs: list[dict], system_prompt: str | None = None) -> list[dict]:
+    """Prepend a system message unless the conversation already has one."""
     if system_prompt and not (msgs and msgs[0]["role"] == "system"):
         msgs = [{"role": "system", "content": system_prompt}] + msgs
     return msgs
@@ -56,7 +56,7 @@ def assistant_mask(input_ids: list[int], im_start: int, im_end: int, assistant_h
 
 def encode_for_sft(sample: Sample, processor, adapter, max_length: int,
                    system_prompt: str | None = None) -> Encoded:
-    msgs = with_prompt(sample, system_prompt)
+    msgs = with_system(sample.messages, system_prompt)
     if count_image_parts(msgs) != len(sample.images):
         raise DataError(f"{count_image_parts(msgs)} image placeholders but {len(sample.images)} images",
                         file=sample.source or sample.id, field="images")

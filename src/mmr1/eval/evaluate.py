@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from ..data.encode import with_prompt
+from ..data.encode import with_system
 from ..data.schema import Sample
 from ..errors import DataError
 from ..rewards import score_completion
@@ -21,8 +21,7 @@ def evaluate(lm, samples: list[Sample], *, max_new_tokens: int, batch_size: int 
     prompts, kept, bad = [], [], 0
     for s in samples:
         try:
-            prompts.append((with_prompt(Sample(**{**s.__dict__, "messages": s.prompt_messages()}), system_prompt),
-                            s.load_images()))
+            prompts.append((with_system(s.prompt_messages(), system_prompt), s.load_images()))
             kept.append(s)
         except DataError:
             if on_error == "raise":

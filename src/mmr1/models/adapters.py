@@ -43,10 +43,6 @@ class QwenVLAdapter:
         unk = tokenizer.unk_token_id
         return sorted({i for i in ids if i is not None and i != unk and i >= 0})
 
-    @staticmethod
-    def image_content(messages_images: int) -> list[dict]:
-        return [{"type": "image"} for _ in range(messages_images)]
-
     def render(self, processor, messages: list[dict], add_generation_prompt: bool) -> str:
         return processor.apply_chat_template(messages, tokenize=False,
                                              add_generation_prompt=add_generation_prompt)
