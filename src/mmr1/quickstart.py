@@ -9,23 +9,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from pathlib import Path
 
 from .build import build_model, build_samples
 from .config import load_config
+from .data.worlds import majority_baseline
 from .eval.evaluate import evaluate
 from .train.run_dir import RunDir
 from .train.sft import train_sft
 from .ui import print_table
 
 RECIPE = Path(__file__).parent / "recipes" / "quickstart.yaml"
-
-
-def majority_baseline(train, test) -> float:
-    """Accuracy of always answering the most common training answer."""
-    common, _ = Counter(s.answer for s in train).most_common(1)[0]
-    return sum(s.answer == common for s in test) / max(1, len(test))
 
 
 def run_quickstart(out: str = "runs/quickstart", seed: int = 0, overrides: list[str] | None = None) -> dict:
@@ -48,7 +42,7 @@ def run_quickstart(out: str = "runs/quickstart", seed: int = 0, overrides: list[
         "seed": seed,
         "base": {k: base[k] for k in ("accuracy", "format_rate", "mean_tokens")},
         "sft": {k: sft[k] for k in ("accuracy", "format_rate", "mean_tokens")},
-        "majority_baseline": majority_baseline(train, test),
+        "majority_baseline": majority_baseline(test, reference=train),
         "eval_size": len(test),
         "train_size": len(train),
         "sft_steps": sft_res.steps,

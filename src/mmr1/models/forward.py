@@ -7,7 +7,6 @@ of a VLM training step; SFT and RL only need logits at target positions.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids",
                     "position_ids")
@@ -27,26 +26,6 @@ def hidden_states(model, batch: dict) -> torch.Tensor:
     inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch and batch[k] is not None}
     out = hf.model(**inputs, use_cache=False, return_dict=True)
     return out.last_hidden_state
-
-
-def target_logprobs(model, batch: dict, targets: torch.Tensor, temperature: float = 1.0):
-    """Log-probs of `targets[b, t]` (the token at t+1 predicted from t) wherever targets >= 0.
-
-    Returns (logprobs [B, T] zero where unused, mask [B, T] bool, entropy [B, T]).
-    """
-    h = hidden_states(model, batch)
-    mask = targets >= 0
-    logits = unwrap(model).lm_head(h[mask]).float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp_all = F.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
-    ent = -(logp_all.exp() * logp_all).sum(-1)
-    out = torch.zeros(targets.shape, dtype=logp.dtype, device=logp.device)
-    out_ent = torch.zeros_like(out)
-    out[mask] = logp
-    out_ent[mask] = ent.detach()
-    return out, mask, out_ent
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:
