@@ -20,12 +20,63 @@ def unwrap(model):
     return inner
 
 
+def rope_positions(model, batch: dict) -> torch.Tensor:
+    """M-RoPE position ids [3, B, T] for a padded batch (pads get 0).
+
+    Passed explicitly instead of letting the model derive them: the model caches
+    `rope_deltas` across calls, and with a stale cache a text-only forward falls
+    back to positions that ignore left padding. The rollout engine and the
+    training forward both use this, so they place every token identically.
+    """
+    ids = batch["input_ids"]
+    mm = batch.get("mm_token_type_ids")
+    if mm is None:
+        mm = torch.zeros_like(ids)
+    pos, _ = unwrap(model).model.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=batch.get("image_grid_thw"),
+                                                attention_mask=batch.get("attention_mask"))
+    return pos
+
+
 def hidden_states(model, batch: dict) -> torch.Tensor:
     """Last hidden states [B, T, H] of the language model for a batch of model inputs."""
     hf = unwrap(model)
     inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch and batch[k] is not None}
+    if "position_ids" not in inputs:
+        inputs["position_ids"] = rope_positions(hf, inputs)
     out = hf.model(**inputs, use_cache=False, return_dict=True)
     return out.last_hidden_state
+
+
+def completion_logprobs(model, batch: dict, temperature: float = 1.0, with_entropy: bool = False):
+    """Log-probs [B, Tc] of the completion tokens under the policy, with gradients.
+
+    `batch` comes from `mmr1.rollout.batch.build_batch`: its `completion_mask`
+    [B, T] marks completion tokens and its `token_mask` [B, Tc] says where the
+    j-th completion token of row b lands in the result (left-aligned, whatever
+    the padding side). The lm_head runs only at the positions that predict a
+    completion token. The quantity is log_softmax(logits / temperature) over the
+    full vocabulary, the same one the rollout engine reports at sampling time, so
+    the two can be compared token for token (importance ratios, staleness checks).
+    Returns the log-probs, or (log-probs, entropies) when `with_entropy`.
+    """
+    cmask = batch["completion_mask"].bool()
+    predicts = torch.zeros_like(cmask)
+    predicts[:, :-1] = cmask[:, 1:]
+    h = hidden_states(model, batch)
+    logits = unwrap(model).lm_head(h[predicts]).float() / temperature
+    logp = torch.log_softmax(logits, dim=-1)
+    targets = batch["input_ids"][cmask]
+    token_lp = logp.gather(-1, targets[:, None]).squeeze(-1)
+    token_mask = batch.get("token_mask")
+    if token_mask is None:
+        lens = cmask.sum(1)
+        token_mask = torch.arange(int(lens.max()), device=lens.device)[None, :] < lens[:, None]
+    token_mask = token_mask.bool()
+    out = token_lp.new_zeros(token_mask.shape).masked_scatter(token_mask, token_lp)
+    if not with_entropy:
+        return out
+    ent = -(logp.exp() * logp).sum(-1)
+    return out, ent.new_zeros(token_mask.shape).masked_scatter(token_mask, ent)
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:

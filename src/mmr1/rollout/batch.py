@@ -1,0 +1,87 @@
+"""Prompts and sampled completions as model batches.
+
+The engine and the trainer must see exactly the same token ids: completions are
+appended as ids (never re-tokenised from text) to the same rendered prompt.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..models.forward import rope_positions
+
+Prompt = tuple  # (messages, images): chat messages in the repo's schema and a list of PIL images
+
+
+def encode_prompts(lm, prompts: list[Prompt], padding_side: str = "left") -> dict:
+    """Render prompts with the generation header and encode them with their images."""
+    texts = [lm.adapter.render(lm.processor, msgs, add_generation_prompt=True) for msgs, _ in prompts]
+    images = [list(ims or []) for _, ims in prompts]
+    return lm.adapter.encode(lm.processor, texts, images if any(images) else None, padding_side)
+
+
+def _unique_prompts(prompts: list[Prompt]) -> tuple[list[Prompt], list[int]]:
+    """Encode each prompt object once: a GRPO batch repeats every prompt G times."""
+    index: dict[int, int] = {}
+    uniq, which = [], []
+    for p in prompts:
+        if id(p) not in index:
+            index[id(p)] = len(uniq)
+            uniq.append(p)
+        which.append(index[id(p)])
+    return uniq, which
+
+
+def build_batch(lm, prompts: list[Prompt], completions: list, padding_side: str = "right") -> dict:
+    """One row per (prompt, completion); completions are token-id lists or `Completion`s.
+
+    Returns the model inputs (input_ids, attention_mask, mm_token_type_ids,
+    position_ids, pixel_values, image_grid_thw) plus `completion_mask` [B, T]
+    (1 on completion tokens) and `token_mask` [B, Tc] (1 where row b has a j-th
+    completion token), as `completion_logprobs` expects. Tensors are on the CPU.
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
+    comp = [list(getattr(c, "token_ids", c)) for c in completions]
+    uniq, which = _unique_prompts(prompts)
+    enc = encode_prompts(lm, uniq, "right")
+    lens = enc["attention_mask"].sum(1).tolist()
+    grid = enc.get("image_grid_thw")
+    # Slices of pixel_values / image_grid_thw that belong to each unique prompt.
+    img_counts = [len(ims or []) for _, ims in uniq]
+    img_start = [sum(img_counts[:i]) for i in range(len(uniq))]
+    patches = grid.prod(-1).tolist() if grid is not None else []
+    patch_start = [sum(patches[:i]) for i in range(len(patches) + 1)]
+
+    B = len(prompts)
+    T = max(lens[u] + len(c) for u, c in zip(which, comp))
+    Tc = max(1, max(len(c) for c in comp))
+    pad = lm.tokenizer.pad_token_id
+    input_ids = torch.full((B, T), pad if pad is not None else 0, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.long)
+    mm = torch.zeros((B, T), dtype=torch.long)
+    cmask = torch.zeros((B, T), dtype=torch.long)
+    token_mask = torch.zeros((B, Tc), dtype=torch.long)
+    pv, grids = [], []
+    for b, (u, c) in enumerate(zip(which, comp)):
+        n_p, n = lens[u], lens[u] + len(c)
+        s = 0 if padding_side == "right" else T - n
+        input_ids[b, s:s + n_p] = enc["input_ids"][u, :n_p]
+        input_ids[b, s + n_p:s + n] = torch.tensor(c, dtype=torch.long)
+        attn[b, s:s + n] = 1
+        mm[b, s:s + n_p] = enc["mm_token_type_ids"][u, :n_p]
+        cmask[b, s + n_p:s + n] = 1
+        token_mask[b, :len(c)] = 1
+        for i in range(img_start[u], img_start[u] + img_counts[u]):
+            pv.append(enc["pixel_values"][patch_start[i]:patch_start[i + 1]])
+            grids.append(grid[i])
+    batch = {"input_ids": input_ids, "attention_mask": attn, "mm_token_type_ids": mm}
+    if pv:
+        batch["pixel_values"] = torch.cat(pv)
+        batch["image_grid_thw"] = torch.stack(grids)
+    batch["position_ids"] = rope_positions(lm.model, batch)
+    batch["completion_mask"] = cmask
+    batch["token_mask"] = token_mask
+    return batch
