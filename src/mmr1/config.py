@@ -73,7 +73,8 @@ class RolloutConfig:
     temperature: float = _f(1.0, "sampling temperature for RL rollouts (eval is greedy)", min=0.0)
     top_p: float = _f(1.0, "nucleus sampling threshold", min=0.0, max=1.0)
     group_size: int = _f(8, "completions per prompt (G)", min=1)
-    batch_size: int = _f(32, "prompts per generation batch", min=1)
+    batch_size: int = _f(32, "sequences per generation batch (eval: prompts; RL: prompts x group_size)", min=1)
+    stop: list = _f([], "stop strings: a completion ends right after the first one it produces")
 
 
 @dataclass
@@ -96,6 +97,12 @@ class RewardsConfig:
         "auto", "how answers are compared with the reference")
     format_weight: float = _f(1.0, "weight of the format reward", min=0.0)
     accuracy_weight: float = _f(1.0, "weight of the accuracy reward", min=0.0)
+    custom: dict = _f({}, "extra reward functions {'module:function': weight}; each is called as "
+                          "fn(completion_text, sample) -> float")
+    combine: Literal["sum", "product"] = _f(
+        "sum", "sum: weighted sum of the rewards; product: product of the weighted rewards (all must hold)")
+    on_error: Literal["zero", "raise"] = _f(
+        "zero", "a reward function that raises: score 0 and count it (zero), or stop the run (raise)")
 
 
 @dataclass
@@ -118,6 +125,21 @@ class TrainerConfig:
 
 
 @dataclass
+class RLConfig:
+    lr: float = _f(1e-5, "peak learning rate of the policy in RL", min=0.0)
+    lr_scheduler: Literal["constant", "linear", "cosine"] = _f("constant", "RL learning-rate schedule after warm-up")
+    warmup_ratio: float = _f(0.0, "fraction of RL steps spent warming up", min=0.0, max=1.0)
+    steps: int = _f(100, "RL steps (one rollout batch each)", min=1)
+    prompts_per_step: int = _f(8, "prompts sampled per step; each gets rollout.group_size completions", min=1)
+    micro_batch_size: int = _f(16, "completions per forward/backward pass", min=1)
+    mask_truncated: bool = _f(False, "drop completions cut at max_new_tokens from the loss")
+    ratio_level: Literal["token", "sequence"] = _f("token", "importance ratio per token (PPO/GRPO) or per "
+                                                            "sequence (GSPO)")
+    beta_schedule: dict = _f({}, "KL weight schedule {'kind': 'othink'|'linear'|..., ...}; empty: "
+                                 "constant algorithm.beta")
+
+
+@dataclass
 class LoggingConfig:
     run_dir: str = _f("runs/default", "run directory (config, logs, metrics, checkpoints, predictions)")
     log_every: int = _f(10, "write step metrics every N steps", min=1)
@@ -133,6 +155,7 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 

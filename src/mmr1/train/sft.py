@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import signal
 import time
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ from ..config import Config, save_config
 from ..data.encode import Encoded, collate, encode_for_sft, to_device
 from ..errors import DataError
 from ..models.forward import hidden_states, shift_labels, unwrap
-from .checkpoint import Checkpointer, seed_everything
+from .checkpoint import Checkpointer, StopOnSignal, seed_everything
 from .run_dir import RunDir
 from .schedule import lr_multiplier
 
@@ -79,26 +78,6 @@ class SFTResult:
     final_dir: str
 
 
-class _Interrupt:
-    """Turns the first Ctrl-C / SIGTERM into a flag so the loop can checkpoint and stop cleanly."""
-
-    def __init__(self):
-        self.hit = False
-
-    def __enter__(self):
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def _handle(self, signum, frame):
-        if self.hit:
-            raise KeyboardInterrupt
-        self.hit = True
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
 def train_sft(cfg: Config, lm, train_samples, run: RunDir, eval_fn=None, progress: bool = True) -> SFTResult:
     """Train `lm.model` in place; writes checkpoints and RUN/final. Resumes from RUN/checkpoints."""
     from ..ui import progress_bar
@@ -141,7 +120,7 @@ def train_sft(cfg: Config, lm, train_samples, run: RunDir, eval_fn=None, progres
         return order_cache[epoch][pos]
 
     loss_val = float("nan")
-    with _Interrupt() as stop, progress_bar("sft", total, enabled=progress) as advance:
+    with StopOnSignal() as stop, progress_bar("sft", total, enabled=progress) as advance:
         advance(step)
         while step < total:
             ts = time.time()
