@@ -3,7 +3,7 @@ import torch
 
 from mmr1.models import load_model
 from mmr1.models.forward import completion_logprobs, unwrap
-from mmr1.rollout.batch import build_batch
+from mmr1.rollout.batch import build_batch, build_grouped_batch
 from mmr1.rollout.hf import HFEngine
 
 from .conftest import solid_image
@@ -87,6 +87,39 @@ def test_engine_logprobs_match_training_forward(lms, family):
     assert unwrap(lm.model).lm_head.weight.grad is not None
     assert unwrap(lm.model).model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
     lm.model.zero_grad()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_grouped_batch_matches_one_row_per_completion(lms, family):
+    """The trainer's layout (each prompt once, its keys/values shared by its completions) gives the
+    engine's log-probs and the same parameter gradients as repeating the prompt in every row."""
+    lm = lms(family)
+    prompts = make_prompts()
+    groups = HFEngine(lm).sample(prompts, n=3, max_new_tokens=[6, 4, 1, 9], temperature=0.8,
+                                 generator=torch.Generator().manual_seed(2))
+    flat_p = [p for p, g in zip(prompts, groups) for _ in g]
+    flat_c = [c for g in groups for c in g]
+    grouped = build_grouped_batch(lm, flat_p, flat_c)
+    assert grouped["prompt_input_ids"].shape[0] == len(prompts)  # each prompt (and image) once
+    assert grouped["row_prompt"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    weights = torch.linspace(0.5, 1.5, grouped["token_mask"].shape[1])
+
+    def run(batch):
+        lm.model.zero_grad()
+        lp = completion_logprobs(lm.model, batch, temperature=0.8)
+        (lp * weights[:lp.shape[1]]).sum().backward()
+        grads = {n: p.grad.clone() for n, p in lm.model.named_parameters() if p.grad is not None}
+        return lp.detach(), grads
+
+    lp_g, grads_g = run(grouped)
+    lp_r, grads_r = run(build_batch(lm, flat_p, flat_c, padding_side="right"))
+    lm.model.zero_grad()
+    assert (lp_g - engine_lps(flat_c, lp_g.shape[1])).abs().max().item() <= 1e-5
+    assert (lp_g - lp_r).abs().max().item() <= 1e-5
+    assert grads_g.keys() == grads_r.keys() and any("visual" in n for n in grads_g)
+    for n in grads_g:
+        scale = grads_r[n].abs().max().item() + 1e-8
+        assert (grads_g[n] - grads_r[n]).abs().max().item() <= 1e-4 * scale, n
 
 
 def count_work(lm):

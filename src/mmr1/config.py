@@ -70,6 +70,8 @@ class DataConfig:
 @dataclass
 class RolloutConfig:
     max_new_tokens: int = _f(96, "maximum completion length in tokens", min=1)
+    min_new_tokens: int = _f(0, "end tokens are not sampled before this many tokens (max_new_tokens as well: "
+                                "fixed-length completions, for benchmarks)", min=0)
     temperature: float = _f(1.0, "sampling temperature for RL rollouts (eval is greedy)", min=0.0)
     top_p: float = _f(1.0, "nucleus sampling threshold", min=0.0, max=1.0)
     group_size: int = _f(8, "completions per prompt (G)", min=1)

@@ -2,6 +2,13 @@
 
 The engine and the trainer must see exactly the same token ids: completions are
 appended as ids (never re-tokenised from text) to the same rendered prompt.
+
+Two layouts, both scored by `mmr1.models.forward.completion_logprobs`:
+- `build_batch`: one row per (prompt, completion), the prompt repeated in every row;
+- `build_grouped_batch`: each distinct prompt once (left-padded, with its images) plus
+  one row of completion tokens per completion. The trainer uses this one: the prompt,
+  images included, is run once per group and its keys/values are shared by the G
+  completions (the prompt's share of the compute falls by a factor of G).
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ def _unique_prompts(prompts: list[Prompt]) -> tuple[list[Prompt], list[int]]:
     return uniq, which
 
 
+def _completion_ids(completions: list) -> list[list[int]]:
+    return [list(getattr(c, "token_ids", c)) for c in completions]
+
+
 def build_batch(lm, prompts: list[Prompt], completions: list, padding_side: str = "right") -> dict:
     """One row per (prompt, completion); completions are token-id lists or `Completion`s.
 
@@ -44,7 +55,7 @@ def build_batch(lm, prompts: list[Prompt], completions: list, padding_side: str 
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
-    comp = [list(getattr(c, "token_ids", c)) for c in completions]
+    comp = _completion_ids(completions)
     uniq, which = _unique_prompts(prompts)
     enc = encode_prompts(lm, uniq, "right")
     lens = enc["attention_mask"].sum(1).tolist()
@@ -83,5 +94,40 @@ def build_batch(lm, prompts: list[Prompt], completions: list, padding_side: str 
         batch["image_grid_thw"] = torch.stack(grids)
     batch["position_ids"] = rope_positions(lm.model, batch)
     batch["completion_mask"] = cmask
+    batch["token_mask"] = token_mask
+    return batch
+
+
+PROMPT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "position_ids")
+
+
+def build_grouped_batch(lm, prompts: list[Prompt], completions: list) -> dict:
+    """One prefix per distinct prompt object, one completion row per (prompt, completion).
+
+    Returns `prompt_input_ids`, `prompt_attention_mask`, `prompt_mm_token_type_ids`,
+    `prompt_position_ids` [3, U, P] (the U distinct prompts, left-padded as the rollout
+    engine prefills them), `pixel_values` / `image_grid_thw` (each image once),
+    `row_prompt` [B] (which prompt row b continues), `completion_ids` [B, Tc]
+    (right-padded) and `token_mask` [B, Tc]. Tensors are on the CPU.
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    comp = _completion_ids(completions)
+    uniq, which = _unique_prompts(prompts)
+    enc = encode_prompts(lm, uniq, "left")
+    enc["position_ids"] = rope_positions(lm.model, enc)
+    B, Tc = len(comp), max(1, max((len(c) for c in comp), default=0))
+    pad = lm.tokenizer.pad_token_id
+    ids = torch.full((B, Tc), pad if pad is not None else 0, dtype=torch.long)
+    token_mask = torch.zeros((B, Tc), dtype=torch.long)
+    for b, c in enumerate(comp):
+        ids[b, :len(c)] = torch.tensor(c, dtype=torch.long)
+        token_mask[b, :len(c)] = 1
+    batch = {f"prompt_{k}": enc[k] for k in PROMPT_KEYS}
+    for k in ("pixel_values", "image_grid_thw"):
+        if enc.get(k) is not None:
+            batch[k] = enc[k]
+    batch["row_prompt"] = torch.tensor(which, dtype=torch.long)
+    batch["completion_ids"] = ids
     batch["token_mask"] = token_mask
     return batch

@@ -40,12 +40,13 @@ class HFEngine:
         tok = lm.tokenizer
         self.device = device or next(lm.model.parameters()).device
         self.end_ids = {tok.convert_tokens_to_ids(t) for t in lm.adapter.end_tokens()}
+        self.end_tensor = torch.tensor(sorted(self.end_ids), dtype=torch.long)
         self.suppress = torch.tensor(lm.adapter.suppressed_token_ids(tok), dtype=torch.long)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else min(self.end_ids)
         self.stats = EngineStats()
 
     @torch.no_grad()
-    def sample(self, prompts: list[Prompt], *, n: int = 1, max_new_tokens: int | list[int],
+    def sample(self, prompts: list[Prompt], *, n: int = 1, max_new_tokens: int | list[int], min_new_tokens: int = 0,
                temperature: float = 1.0, top_p: float = 1.0, do_sample: bool = True,
                stop: list[str] | None = None, batch_size: int = 64, generator: torch.Generator | None = None,
                progress=None, share_prefix: bool = True) -> list[list[Completion]]:
@@ -58,10 +59,14 @@ class HFEngine:
         together (prompts per prefill = batch_size // n). With a `generator` the
         result is reproducible for a fixed batch_size. `share_prefix=False`
         prefills every copy separately: slower, kept as the reference the shared
-        path is tested against.
+        path is tested against. `min_new_tokens` keeps the end tokens from being sampled
+        before that many tokens (as HF's `min_new_tokens`; stop strings still apply), so
+        `min_new_tokens = max_new_tokens` fixes the completion length (benchmarks).
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        if min_new_tokens < 0:
+            raise ValueError(f"min_new_tokens must be >= 0, got {min_new_tokens}")
         if do_sample and temperature <= 0:
             raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
         limits = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
@@ -76,7 +81,7 @@ class HFEngine:
             for start in range(0, len(prompts), per_chunk):
                 chunk = prompts[start:start + per_chunk]
                 out.extend(self._sample_chunk(chunk, limits[start:start + per_chunk], n, temperature, top_p,
-                                              do_sample, list(stop or []), generator, share_prefix))
+                                              do_sample, list(stop or []), generator, share_prefix, min_new_tokens))
                 if progress is not None:
                     progress(len(chunk))
         finally:
@@ -98,7 +103,8 @@ class HFEngine:
         next_pos = pos.amax(dim=(0, 2)) + 1
         return out.past_key_values, logits, batch["attention_mask"], next_pos
 
-    def _sample_chunk(self, prompts, limits, n, temperature, top_p, do_sample, stop, generator, share_prefix):
+    def _sample_chunk(self, prompts, limits, n, temperature, top_p, do_sample, stop, generator, share_prefix,
+                      min_new_tokens=0):
         rows_per_prefill = n if share_prefix else 1
         prefill_prompts = prompts if share_prefix else [p for p in prompts for _ in range(n)]
         cache, logits, attn, next_pos = self._prefill(prefill_prompts)
@@ -122,7 +128,10 @@ class HFEngine:
             if do_sample:
                 u = torch.rand(R, generator=generator, device=generator.device if generator else "cpu")
                 u = u[torch.tensor(live)].to(logits.device)
-            picked, picked_lp = self._pick(logits, temperature, top_p, do_sample, u)
+            ban_end = None
+            if min_new_tokens > 0:
+                ban_end = torch.tensor([len(tokens[r]) < min_new_tokens for r in live], device=logits.device)
+            picked, picked_lp = self._pick(logits, temperature, top_p, do_sample, u, ban_end)
             picked, picked_lp = picked.tolist(), picked_lp.tolist()
             for i, r in enumerate(live):
                 if finish[r] is not None:
@@ -157,12 +166,17 @@ class HFEngine:
         done = [self._completion(tokens[r], lps[r], finish[r], stop) for r in range(R)]
         return [done[i * n:(i + 1) * n] for i in range(len(prompts))]
 
-    def _pick(self, logits, temperature, top_p, do_sample, u):
-        """Next token and its log-prob (full vocabulary, before any masking)."""
+    def _pick(self, logits, temperature, top_p, do_sample, u, ban_end=None):
+        """Next token and its log-prob (full vocabulary, before any masking).
+
+        `ban_end` [rows] marks rows whose end tokens are masked (not yet at min_new_tokens)."""
         scaled = logits / temperature if do_sample else logits
         logp = torch.log_softmax(scaled, dim=-1)
         masked = scaled.clone()
         masked[:, self.suppress.to(masked.device)] = float("-inf")
+        if ban_end is not None and bool(ban_end.any()):
+            end = self.end_tensor.to(masked.device)
+            masked[:, end] = masked[:, end].masked_fill(ban_end[:, None], float("-inf"))
         if not do_sample:
             picked = masked.argmax(-1)
         else:

@@ -1,10 +1,12 @@
 """The RL loop (`fit`): roll out G completions per prompt, score, normalise in groups, update.
 
-One step = sample prompts -> rollout (shared-prefix engine) -> rewards -> advantages ->
-reference log-probs (when beta > 0) -> mu passes of policy loss + AdamW over micro-batches.
-Logits are computed only over completion positions. Everything that would change under
-data parallelism goes through one place: `PromptSampler` (which prompts this rank takes),
-`dist.mean_across_ranks` (metric reductions) and `Checkpointer` (main rank writes).
+One step (`GRPOStep.run`) = sample prompts -> rollout (shared-prefix engine) -> rewards ->
+advantages -> reference log-probs (when beta > 0) -> mu passes of policy loss + AdamW over
+micro-batches. The reference and policy passes run each prompt (images included) once and
+share it across its G completions; logits are computed only over completion positions.
+Everything that would change under data parallelism goes through one place: `PromptSampler`
+(which prompts this rank takes), `dist.mean_across_ranks` (metric reductions) and
+`Checkpointer` (main rank writes).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ..config import Config, save_config
 from ..data.encode import to_device, with_system
 from ..models.forward import completion_logprobs
 from ..rewards.functions import build_rewards, score
-from ..rollout.batch import build_batch
+from ..rollout.batch import build_grouped_batch
 from ..rollout.hf import HFEngine
 from .checkpoint import Checkpointer, StopOnSignal, seed_everything
 from .run_dir import RunDir
@@ -102,29 +104,144 @@ def _chunks(n_rows: int, group: int, size: int) -> list[slice]:
     return [slice(i, min(i + step, n_rows)) for i in range(0, n_rows, step)]
 
 
+@dataclass
+class StepOutput:
+    metrics: dict  # this step's metrics (mean over ranks), without the "rl/" prefix
+    reward_errors: int
+
+
+class GRPOStep:
+    """The machinery of one RL step (`fit` runs it in a loop; benchmarks call it directly).
+
+    Holds the rewards, the beta schedule, the reference, the rollout engine, the prompt
+    sampler, AdamW and the LR schedule. `run(step)` does one full step on `lm.model`:
+    rollout -> rewards -> advantages -> reference log-probs -> mu passes of policy loss + AdamW.
+    Each micro-batch is a grouped batch (`build_grouped_batch`): every prompt and its images
+    run once through the model and its G completions share the prompt's keys/values, in the
+    reference pass and in the policy pass alike.
+    """
+
+    def __init__(self, cfg: Config, lm, train_samples: list, ref_path=None):
+        rc, ac, tc = cfg.rl, cfg.algorithm, cfg.trainer
+        self.cfg, self.lm = cfg, lm
+        self.model = lm.model
+        self.device = next(self.model.parameters()).device
+        self.train_samples = train_samples
+        self.rewards = build_rewards(cfg.rewards)
+        self.beta = make_schedule(rc.beta_schedule if rc.beta_schedule else ac.beta)
+        uses_kl = any(self.beta.value(s, rc.steps) != 0.0 for s in range(rc.steps + 1))
+        self.ref = Reference(lm, ref_path) if uses_kl else None
+        self.engine = HFEngine(lm, device=self.device)
+        self.sampler = PromptSampler(len(train_samples), rc.prompts_per_step, tc.seed)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=rc.lr, weight_decay=tc.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_multiplier(s, rc.steps, rc.warmup_ratio, rc.lr_scheduler))
+
+    def run(self, step: int) -> StepOutput:
+        """One RL step (step numbers from 0); the LR schedule advances by one."""
+        cfg, lm, model, device = self.cfg, self.lm, self.model, self.device
+        rc, ac, ro, tc = cfg.rl, cfg.algorithm, cfg.rollout, cfg.trainer
+        G = ro.group_size
+        m, times = {}, {}
+        t0 = time.time()
+        samples = [self.train_samples[i] for i in self.sampler.indices(step)]
+        prompts = [(with_system(s.prompt_messages(), cfg.data.system_prompt), s.load_images()) for s in samples]
+        model.eval()
+        groups = self.engine.sample(prompts, n=G, max_new_tokens=ro.max_new_tokens,
+                                    min_new_tokens=min(ro.min_new_tokens, ro.max_new_tokens),
+                                    temperature=ro.temperature, top_p=ro.top_p, stop=ro.stop or None,
+                                    batch_size=ro.batch_size, generator=_generator(tc.seed, step))
+        model.train()
+        comps = [c for g in groups for c in g]
+        rows_prompt = [p for p in prompts for _ in range(G)]
+        rows_sample = [s for s in samples for _ in range(G)]
+        times["rollout"] = time.time() - t0
+
+        t = time.time()
+        sc = score(self.rewards, [c.text for c in comps], rows_sample, cfg.rewards.combine, cfg.rewards.on_error)
+        adv = compute_advantages(ac.adv_estimator, sc.total, G, scale_std=ac.scale_std, eps=ac.adv_eps)
+        times["reward"] = time.time() - t
+
+        # One grouped batch per micro-batch, built once and reused by the reference and all mu passes.
+        batches = []
+        for sl in _chunks(len(comps), G, rc.micro_batch_size):
+            b = to_device(build_grouped_batch(lm, rows_prompt[sl], comps[sl]), device)
+            mask = b["token_mask"]
+            if rc.mask_truncated:
+                mask = truncation_mask([c.finish_reason for c in comps[sl]], mask)
+            batches.append((sl, b, mask.float()))
+        n_tokens = sum(float(mk.sum()) for _, _, mk in batches)
+        n_rows = len(comps)
+
+        t = time.time()
+        beta_now = self.beta.value(step, rc.steps)
+        refs = [self.ref.logprobs(b, ro.temperature) if self.ref is not None else None for _, b, _ in batches]
+        times["reference"] = time.time() - t
+
+        old = [None] * len(batches)
+        if ac.ppo_epochs > 1:  # stored old log-probs make the clip active on passes 2..mu
+            with torch.no_grad():
+                old = [completion_logprobs(model, b, ro.temperature) for _, b, _ in batches]
+
+        times["policy"], times["optimizer"] = 0.0, 0.0
+        agg: dict[str, float] = {}
+        for _ in range(ac.ppo_epochs):
+            t = time.time()
+            self.opt.zero_grad(set_to_none=True)
+            for (sl, b, mask), ref_lp, old_lp in zip(batches, refs, old):
+                logp, ent = completion_logprobs(model, b, ro.temperature, with_entropy=True)
+                loss, stats = grpo_loss(logp, old_lp, adv[sl].to(device), mask, ref_lp, beta=beta_now,
+                                        kl_estimator=ac.kl_estimator, clip_low=ac.clip_low,
+                                        clip_high=ac.clip_high, ratio_level=rc.ratio_level,
+                                        loss_agg=ac.loss_agg, norm=float(ro.max_new_tokens))
+                # Each micro-batch's share of the whole-batch aggregate: tokens for token-mean, rows otherwise.
+                w = (float(mask.sum()) / max(1.0, n_tokens) if ac.loss_agg == "token-mean"
+                     else (sl.stop - sl.start) / n_rows)
+                (loss * w).backward()
+                stats["entropy"] = ((ent.detach() * mask).sum() / mask.sum().clamp(min=1))
+                for k, v in stats.items():
+                    agg[k] = agg.get(k, 0.0) + float(v) * w / ac.ppo_epochs
+            times["policy"] += time.time() - t
+            t = time.time()
+            grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, tc.max_grad_norm) if tc.max_grad_norm > 0
+                         else torch.tensor(0.0))
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)  # free the gradients now, not during the next rollout
+            times["optimizer"] += time.time() - t
+        self.sched.step()
+
+        lens = torch.tensor([len(c.token_ids) for c in comps], dtype=torch.float32)
+        step_s = time.time() - t0
+        m.update({f"reward/{k}/mean": float(v.mean()) for k, v in sc.per_fn.items()})
+        m.update({f"reward/{k}/errors": v for k, v in sc.errors.items()})
+        m.update({"reward/mean": float(sc.total.mean()), "reward/std": float(sc.total.std()) if n_rows > 1 else 0.0,
+                  "accuracy": float(sc.per_fn["accuracy"].mean()) if "accuracy" in sc.per_fn else float("nan"),
+                  "format_rate": float(sc.per_fn["format"].mean()) if "format" in sc.per_fn else float("nan"),
+                  "beta": beta_now, "lr": self.sched.get_last_lr()[0], "grad_norm": float(grad_norm),
+                  "completion_len/mean": float(lens.mean()), "completion_len/max": float(lens.max()),
+                  "completion_len/min": float(lens.min()),
+                  "truncated_rate": sum(c.finish_reason == "length" for c in comps) / n_rows,
+                  "zero_adv_groups": float((adv.view(-1, G).abs().sum(-1) == 0).float().mean()),
+                  "tokens_per_s": float(lens.sum()) / max(1e-9, step_s), "step_s": step_s})
+        m.update({k: v for k, v in agg.items()})
+        m.update({f"time/{k}": v for k, v in times.items()})
+        m = {k: dist.mean_across_ranks(v) for k, v in m.items()}
+        return StepOutput(m, sum(sc.errors.values()))
+
+
 def fit(cfg: Config, lm, train_samples: list, run: RunDir, eval_fn=None, progress: bool = True,
         ref_path=None) -> RLResult:
     """GRPO on `lm.model` in place; writes RUN/checkpoints, RUN/final and per-step metrics."""
     from ..ui import progress_bar
 
     t_start = time.time()
-    rc, ac, ro, tc = cfg.rl, cfg.algorithm, cfg.rollout, cfg.trainer
+    rc, tc = cfg.rl, cfg.trainer
     seed_everything(tc.seed)
     save_config(cfg, run.path / "config.yaml")
     model = lm.model
-    device = next(model.parameters()).device
-    rewards = build_rewards(cfg.rewards)
-    beta = make_schedule(rc.beta_schedule if rc.beta_schedule else ac.beta)
-    uses_kl = any(beta.value(s, rc.steps) != 0.0 for s in range(rc.steps + 1))
-    ref = Reference(lm, ref_path) if uses_kl else None
-    engine = HFEngine(lm, device=device)
-    sampler = PromptSampler(len(train_samples), rc.prompts_per_step, tc.seed)
-    G = ro.group_size
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=rc.lr, weight_decay=tc.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, rc.steps, rc.warmup_ratio,
-                                                                            rc.lr_scheduler))
+    runner = GRPOStep(cfg, lm, train_samples, ref_path)
+    opt, sched = runner.opt, runner.sched
     ckpt = Checkpointer(run.path / "checkpoints", keep=tc.keep_checkpoints)
     step, result = 0, RLResult(0, 0.0)
     latest = ckpt.latest() if tc.resume else None
@@ -142,92 +259,12 @@ def fit(cfg: Config, lm, train_samples: list, run: RunDir, eval_fn=None, progres
     with StopOnSignal() as stop, progress_bar("grpo", rc.steps, enabled=progress) as advance:
         advance(step)
         while step < rc.steps:
-            m, times = {}, {}
-            t0 = time.time()
-            samples = [train_samples[i] for i in sampler.indices(step)]
-            prompts = [(with_system(s.prompt_messages(), cfg.data.system_prompt), s.load_images()) for s in samples]
-            model.eval()
-            groups = engine.sample(prompts, n=G, max_new_tokens=ro.max_new_tokens, temperature=ro.temperature,
-                                   top_p=ro.top_p, stop=ro.stop or None, batch_size=ro.batch_size,
-                                   generator=_generator(tc.seed, step))
-            model.train()
-            comps = [c for g in groups for c in g]
-            rows_prompt = [p for p in prompts for _ in range(G)]
-            rows_sample = [s for s in samples for _ in range(G)]
-            times["rollout"] = time.time() - t0
-
-            t = time.time()
-            sc = score(rewards, [c.text for c in comps], rows_sample, cfg.rewards.combine, cfg.rewards.on_error)
-            adv = compute_advantages(ac.adv_estimator, sc.total, G, scale_std=ac.scale_std, eps=ac.adv_eps)
-            times["reward"] = time.time() - t
-
-            # One model batch per micro-batch, built once and reused by the reference and all mu passes.
-            batches = []
-            for sl in _chunks(len(comps), G, rc.micro_batch_size):
-                b = to_device(build_batch(lm, rows_prompt[sl], comps[sl], padding_side="right"), device)
-                mask = b["token_mask"]
-                if rc.mask_truncated:
-                    mask = truncation_mask([c.finish_reason for c in comps[sl]], mask)
-                batches.append((sl, b, mask.float()))
-            n_tokens = sum(float(mk.sum()) for _, _, mk in batches)
-            n_rows = len(comps)
-
-            t = time.time()
-            beta_now = beta.value(step, rc.steps)
-            refs = [ref.logprobs(b, ro.temperature) if ref is not None else None for _, b, _ in batches]
-            times["reference"] = time.time() - t
-
-            old = [None] * len(batches)
-            if ac.ppo_epochs > 1:  # stored old log-probs make the clip active on passes 2..mu
-                with torch.no_grad():
-                    old = [completion_logprobs(model, b, ro.temperature) for _, b, _ in batches]
-
-            times["policy"], times["optimizer"] = 0.0, 0.0
-            agg: dict[str, float] = {}
-            for _ in range(ac.ppo_epochs):
-                t = time.time()
-                opt.zero_grad(set_to_none=True)
-                for (sl, b, mask), ref_lp, old_lp in zip(batches, refs, old):
-                    logp, ent = completion_logprobs(model, b, ro.temperature, with_entropy=True)
-                    loss, stats = grpo_loss(logp, old_lp, adv[sl].to(device), mask, ref_lp, beta=beta_now,
-                                            kl_estimator=ac.kl_estimator, clip_low=ac.clip_low,
-                                            clip_high=ac.clip_high, ratio_level=rc.ratio_level,
-                                            loss_agg=ac.loss_agg, norm=float(ro.max_new_tokens))
-                    # Each micro-batch's share of the whole-batch aggregate: tokens for token-mean, rows otherwise.
-                    w = (float(mask.sum()) / max(1.0, n_tokens) if ac.loss_agg == "token-mean"
-                         else (sl.stop - sl.start) / n_rows)
-                    (loss * w).backward()
-                    stats["entropy"] = ((ent * mask).sum() / mask.sum().clamp(min=1)).detach()
-                    for k, v in stats.items():
-                        agg[k] = agg.get(k, 0.0) + float(v) * w / ac.ppo_epochs
-                times["policy"] += time.time() - t
-                t = time.time()
-                grad_norm = (torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm) if tc.max_grad_norm > 0
-                             else torch.tensor(0.0))
-                opt.step()
-                times["optimizer"] += time.time() - t
-            sched.step()
+            out = runner.run(step)
+            m = out.metrics
             step += 1
-
-            lens = torch.tensor([len(c.token_ids) for c in comps], dtype=torch.float32)
-            step_s = time.time() - t0
-            m.update({f"reward/{k}/mean": float(v.mean()) for k, v in sc.per_fn.items()})
-            m.update({f"reward/{k}/errors": v for k, v in sc.errors.items()})
-            m.update({"reward/mean": float(sc.total.mean()), "reward/std": float(sc.total.std()) if n_rows > 1 else 0.0,
-                      "accuracy": float(sc.per_fn["accuracy"].mean()) if "accuracy" in sc.per_fn else float("nan"),
-                      "format_rate": float(sc.per_fn["format"].mean()) if "format" in sc.per_fn else float("nan"),
-                      "beta": beta_now, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm),
-                      "completion_len/mean": float(lens.mean()), "completion_len/max": float(lens.max()),
-                      "completion_len/min": float(lens.min()),
-                      "truncated_rate": sum(c.finish_reason == "length" for c in comps) / n_rows,
-                      "zero_adv_groups": float((adv.view(-1, G).abs().sum(-1) == 0).float().mean()),
-                      "tokens_per_s": float(lens.sum()) / max(1e-9, step_s), "step_s": step_s})
-            m.update({k: v for k, v in agg.items()})
-            m.update({f"time/{k}": v for k, v in times.items()})
-            m = {k: dist.mean_across_ranks(v) for k, v in m.items()}
             result.reward_history.append(m["reward/mean"])
             result.accuracy_history.append(m["accuracy"])
-            result.reward_errors += sum(sc.errors.values())
+            result.reward_errors += out.reward_errors
             advance(1)
             if step % cfg.logging.log_every == 0 or step == rc.steps or step == 1:
                 run.log_metrics(step, m, prefix="rl/")
