@@ -78,6 +78,23 @@ def test_answers_and_teacher(name):
         assert s.question_text().endswith("in <answer> </answer> tags.")
 
 
+def test_teacher_tallies_every_colour_and_shape():
+    from mmr1.data.worlds import counting, reasoning
+
+    objects = [[0, 0, "red", "circle"], [0, 1, "red", "square"], [1, 1, "blue", "circle"]]
+    meta = {"objects": objects, "colours": ["red", "green", "blue"], "shapes": ["circle", "square", "triangle"]}
+    assert counting.solve({**meta, "query": {"colour": "red"}}, "plain") == (
+        "Counts by colour: red 2, green 0, blue 1. So red 2.", 2)
+    assert counting.solve({**meta, "query": {"colour": "green"}}, "reflective") == (
+        "Counts by colour: red 2, green 0, blue 1. So green 0. Wait, let me check again: green 0. Yes, 0.", 0)
+    assert counting.solve({**meta, "query": {"shape": "circle"}}, "plain") == (
+        "Counts by shape: circles 2, squares 1, triangles 0. So circles 2.", 2)
+    think, ans = reasoning.solve({**meta, "query": {"colours": ["red", "blue"], "op": "weighted_sum",
+                                                     "weights": [3, 4]}}, "plain")
+    assert (think, ans) == ("Counts by colour: red 2, green 0, blue 1. So red 2, blue 1. "
+                            "2 * 3 = 6. 1 * 4 = 4. 6 + 4 = 10.", 10)
+
+
 def test_counting_not_dominated():
     samples = make_world("counting", n=1000, seed=0)
     assert majority_baseline(samples) <= 0.35
@@ -92,8 +109,9 @@ def test_reasoning_not_dominated():
     assert all(s.answer.isdigit() for s in samples)
 
 
-def test_images():
-    for s in make_world("counting", n=20, seed=0):
+@pytest.mark.parametrize("object_size", [(0.28, 0.38), (0.5, 0.5)])
+def test_images(object_size):
+    for s in make_world("counting", n=20, seed=0, object_size=object_size):
         img = s.images[0]
         assert img.mode == "RGB" and img.size == (112, 112)
         occupied = {(o[0], o[1]): COLOURS[o[2]] for o in s.meta["objects"]}
@@ -116,6 +134,8 @@ def test_params():
         make_world("counting", n=1, colour=["red"])  # typo'd key
     with pytest.raises(ConfigError):
         make_world("counting", n=1, colours={"red": (200, 0, 0), "red2": (210, 10, 10)})  # too close
+    with pytest.raises(ConfigError, match="object_size"):
+        make_world("counting", n=1, object_size=(0.3, 0.6))  # would spill into the next cell
     with pytest.raises(ConfigError):
         make_world("nope", n=1)
     with pytest.raises(ConfigError):

@@ -90,7 +90,7 @@ def make_world(name: str, split: str = "train", n: int = 1000, seed: int = 0, wi
             images=[render(task.objects, rng, p)], answers=[str(task.answer)], answer_type="integer",
             category=task.category, source=f"{name}-{split}-{seed}:{i}",
             meta={"objects": task.objects, "world": name, "query": task.query, "colours": colours,
-                  "question": task.question})
+                  "shapes": list(p.shapes), "question": task.question})
         if with_solution:
             sample.messages.append(assistant_turn(teacher_solution(sample, style)))
         out.append(sample)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 from ...errors import ConfigError
-from .scenes import Params, Task, fill, listing, plural
+from .scenes import Params, Task, fill, plural, tally
 
 VARIANTS = ("count_colour", "count_shape")
 DEFAULTS = {"count_range": (0, 5)}
@@ -38,17 +38,16 @@ def sample(rng: random.Random, p: Params, variant: str) -> Task:
 
 
 def solve(meta: dict, style: str) -> tuple[str, int]:
-    """Teacher reasoning: list objects by colour, pick out the asked ones, count."""
+    """Teacher reasoning: tally every colour (or shape) in the picture, then read off the asked one."""
     objects, query = meta["objects"], meta["query"]
     if "colour" in query:
-        focus, key = f"{query['colour']} objects", query["colour"]
-        found = [s for _, _, col, s in objects if col == query["colour"]]
+        key, n = query["colour"], sum(1 for _, _, col, _ in objects if col == query["colour"])
+        think = f"Counts by colour: {tally(objects, meta['colours'])}. So {key} {n}."
     else:
-        focus = key = plural(query["shape"])
-        found = [c for c in meta["colours"] for _, _, col, s in objects if col == c and s == query["shape"]]
-    n, items = len(found), ", ".join(found) or "none"
-    by_colour = listing(objects, meta["colours"], keep=(query.get("colour"),))
-    think = f"Objects by colour: {by_colour} The question asks about {focus}: {items}. Count: {n}."
+        shapes = meta.get("shapes") or sorted({s for *_, s in objects} | {query["shape"]})
+        counts = ", ".join(f"{plural(x)} {sum(1 for *_, s in objects if s == x)}" for x in shapes)
+        key, n = plural(query["shape"]), sum(1 for *_, s in objects if s == query["shape"])
+        think = f"Counts by shape: {counts}. So {key} {n}."
     if style == "reflective":
-        think += f" Wait, let me check again: {key}: {items}. Yes, {n}."
+        think += f" Wait, let me check again: {key} {n}. Yes, {n}."
     return think, n

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 
 from ...errors import ConfigError
-from .scenes import Params, Task, fill, listing
+from .scenes import Params, Task, fill, tally
 
 VARIANTS = ("weighted_sum", "difference", "total")
 DEFAULTS = {"count_range": (0, 4)}
@@ -68,7 +68,7 @@ def _points(w: int) -> str:
 
 
 def solve(meta: dict, style: str) -> tuple[str, int]:
-    """Teacher reasoning: list objects by colour, read the two counts, compute."""
+    """Teacher reasoning: tally every colour, read the two asked counts, compute."""
     objects, query = meta["objects"], meta["query"]
     c1, c2 = query["colours"]
     a, b = (sum(1 for _, _, col, _ in objects if col == c) for c in (c1, c2))
@@ -82,8 +82,7 @@ def solve(meta: dict, style: str) -> tuple[str, int]:
     else:
         ans = a + b
         steps = f"{a} + {b} = {ans}."
-    by_colour = listing(objects, meta["colours"], keep=(c1, c2))
-    think = f"Objects by colour: {by_colour} {c1}: {a}. {c2}: {b}. {steps}"
+    think = f"Counts by colour: {tally(objects, meta['colours'])}. So {c1} {a}, {c2} {b}. {steps}"
     if style == "reflective":
         think += f" Wait, let me check again: {c1}: {a}, {c2}: {b}. Yes, {ans}."
     return think, ans

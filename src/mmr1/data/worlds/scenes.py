@@ -61,6 +61,7 @@ class Params:
     variants: tuple[str, ...] | None = None  # question variants; None = all of the world's
     instruction: str | None = R1V_INSTRUCTION  # "{question} ..." template, or None for the bare question
     background: tuple[int, int, int] = BACKGROUND
+    object_size: tuple[float, float] = (0.28, 0.38)  # object radius as a fraction of the cell, drawn per object
 
     @classmethod
     def make(cls, defaults: dict, overrides: dict) -> "Params":
@@ -97,6 +98,9 @@ class Params:
         lo, hi = self.n_objects
         if not 1 <= lo <= hi <= self.grid * self.grid:
             raise ConfigError(f"n_objects: need 1 <= min <= max <= grid*grid = {self.grid ** 2}; got {self.n_objects}")
+        lo_r, hi_r = self.object_size
+        if not 0.1 <= lo_r <= hi_r <= 0.5:
+            raise ConfigError(f"object_size: need 0.1 <= min <= max <= 0.5 (radius / cell); got {self.object_size}")
         if self.image_size < 8 * self.grid:
             raise ConfigError(f"image_size {self.image_size} too small for a {self.grid}x{self.grid} grid")
 
@@ -128,8 +132,8 @@ def render(objects: list[list], rng: random.Random, p: Params) -> Image.Image:
     pal = p.palette
     cell = p.image_size / p.grid
     for row, col, colour, shape in objects:
-        r = cell * rng.uniform(0.28, 0.38)
-        slack = cell / 2 - r - 1
+        r = min(cell * rng.uniform(*p.object_size), cell / 2 - 1)  # stays inside its cell
+        slack = max(0.0, cell / 2 - r - 1)
         cx = (col + 0.5) * cell + rng.uniform(-slack, slack)
         cy = (row + 0.5) * cell + rng.uniform(-slack, slack)
         _shape(draw, shape, cx, cy, r, pal[colour])
@@ -154,14 +158,10 @@ def _shape(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, r: float, 
         raise ConfigError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
 
 
-def listing(objects: list[list], colours: list[str], keep: tuple[str, ...] = ()) -> str:
-    """'red: circle, square. blue: none.' in palette then reading order.
+def tally(objects: list[list], colours: list[str]) -> str:
+    """'red 2, green 0, blue 1' over the whole palette, in palette order.
 
-    Only colours present, plus those in `keep` (the asked ones, as 'none'), to keep solutions short.
+    Every colour gets its count, zeros included: each entry is one image read the model is
+    taught, which is what makes the worlds learnable from pixels by a tiny model.
     """
-    parts = []
-    for c in colours:
-        shapes = [s for _, _, col, s in objects if col == c]
-        if shapes or c in keep:
-            parts.append(f"{c}: {', '.join(shapes) or 'none'}.")
-    return " ".join(parts)
+    return ", ".join(f"{c} {sum(1 for _, _, col, _ in objects if col == c)}" for c in colours)
