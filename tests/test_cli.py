@@ -9,8 +9,11 @@ def test_help_lists_every_command_and_config_key(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for cmd in ("tiny-model", "data", "sft", "eval", "quickstart", "config"):
+    for cmd in ("tiny-model", "data", "sft", "grpo", "eval", "quickstart", "config"):
         assert cmd in out
+    with pytest.raises(SystemExit):
+        main(["grpo", "--help"])
+    assert "rl.prompts_per_step (int, default 8)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["sft", "--help"])
     out = capsys.readouterr().out
@@ -61,3 +64,18 @@ def test_data_world_then_check(tmp_path, capsys):
     text = capsys.readouterr().out
     assert f"{out}:2" in text and "images[0]" in text
     assert f"{out}:4" in text and "messages" in text
+
+
+def test_grpo_command_runs(tmp_path, capsys):
+    """`mmr1 grpo` end to end on the quickstart recipe, cut down: metrics per step and a final model."""
+    args = ["grpo", "quickstart", f"logging.run_dir={tmp_path / 'rl'}", "data.train_size=8", "data.eval_size=4",
+            "rl.steps=2", "rl.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=6",
+            "logging.progress=false", "logging.tensorboard=false"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "GRPO" in out
+    rows = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "rl/reward/mean" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert {"rl/kl", "rl/time/rollout", "rl/completion_len/mean"} <= set(steps[0])
+    assert (tmp_path / "rl" / "final" / "model.safetensors").exists()

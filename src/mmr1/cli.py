@@ -80,7 +80,7 @@ def cmd_data_world(a) -> int:
 
 
 def _job(a):
-    """Config, run directory and model of a `sft` / `eval` invocation."""
+    """Config, run directory and model of a `sft` / `grpo` / `eval` invocation."""
     from .build import build_model
     from .config import load_config
     from .train.run_dir import RunDir
@@ -101,6 +101,22 @@ def cmd_sft(a) -> int:
     res = train_sft(cfg, lm, train, run, progress=cfg.logging.progress)
     print_table("SFT", ["steps", "final loss", "skipped records", "seconds", "model"],
                 [[res.steps, res.final_loss, res.skipped_records, f"{res.seconds:.1f}", res.final_dir]])
+    run.close()
+    return 0
+
+
+def cmd_grpo(a) -> int:
+    from .build import build_samples
+    from .train.grpo import fit, mean_first_last
+    from .ui import print_table
+
+    cfg, run, lm = _job(a)
+    train, _ = build_samples(cfg.data, "train")
+    res = fit(cfg, lm, train, run, progress=cfg.logging.progress)
+    first, last = mean_first_last(res.reward_history)
+    print_table("GRPO", ["steps", "sampled reward (first 5)", "sampled reward (last 5)", "reward errors", "seconds",
+                         "model"],
+                [[res.steps, first, last, res.reward_errors, f"{res.seconds:.1f}", res.final_dir]])
     run.close()
     return 0
 
@@ -197,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(fn=cmd_data_world)
 
     for name, fn, what in (("sft", cmd_sft, "supervised fine-tuning (cold-start / activation data)"),
+                           ("grpo", cmd_grpo, "GRPO reinforcement learning with verifiable rewards"),
                            ("eval", cmd_eval, "greedy evaluation: accuracy, format rate, lengths")):
         s = sub.add_parser(name, help=what, epilog=_config_epilog(),
                            formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -210,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quickstart", help="the main job on the built-in default (tiny model, synthetic world)",
                        description="Build a tiny model and the default synthetic world, run cold-start SFT, "
-                                   "evaluate, and print a summary table. Runs offline on a CPU.")
+                                   "evaluate, run GRPO from the SFT checkpoint, evaluate again, print the "
+                                   "before/after table and write OUT/summary.json. Runs offline on a CPU.")
     q.add_argument("--out", default="runs/quickstart", help="run directory (default: runs/quickstart)")
     q.add_argument("--seed", type=int, default=0, help="seed for the model, the world and training (default: 0)")
     q.add_argument("overrides", nargs="*", help="key=value config overrides")
