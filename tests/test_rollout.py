@@ -66,8 +66,10 @@ def assert_scored(lm, prompts, completions, temperature, padding_side):
 def test_engine_logprobs_match_training_forward(lms, family):
     lm = lms(family)
     prompts = make_prompts()
-    groups = HFEngine(lm).sample(prompts[:3], n=2, max_new_tokens=[5, 8, 3], temperature=0.7, top_p=0.9,
-                                 generator=torch.Generator().manual_seed(0))
+    # min_new_tokens keeps a random tiny model from ending early, so every row has its own length;
+    # the reported log-probs are over the full vocabulary, before that masking.
+    groups = HFEngine(lm).sample(prompts[:3], n=2, max_new_tokens=[5, 8, 3], min_new_tokens=8, temperature=0.7,
+                                 top_p=0.9, generator=torch.Generator().manual_seed(0))
     assert [[len(c.token_ids) for c in g] for g in groups] == [[5, 5], [8, 8], [3, 3]]
     flat_p = [p for p, g in zip(prompts, groups) for _ in g]
     flat_c = [c for g in groups for c in g]
