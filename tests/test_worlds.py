@@ -84,11 +84,11 @@ def test_teacher_tallies_every_colour_and_shape():
     objects = [[0, 0, "red", "circle"], [0, 1, "red", "square"], [1, 1, "blue", "circle"]]
     meta = {"objects": objects, "colours": ["red", "green", "blue"], "shapes": ["circle", "square", "triangle"]}
     assert counting.solve({**meta, "query": {"colour": "red"}}, "plain") == (
-        "Counts by colour: green 0, blue 1, red 2. So red 2.", 2)  # the asked colour last
+        "Counts by colour: red 2, green 0, blue 1. So red 2.", 2)
     assert counting.solve({**meta, "query": {"colour": "green"}}, "reflective") == (
-        "Counts by colour: red 2, blue 1, green 0. So green 0. Wait, let me check again: green 0. Yes, 0.", 0)
+        "Counts by colour: red 2, green 0, blue 1. So green 0. Wait, let me check again: green 0. Yes, 0.", 0)
     assert counting.solve({**meta, "query": {"shape": "circle"}}, "plain") == (
-        "Counts by shape: squares 1, triangles 0, circles 2. So circles 2.", 2)
+        "Counts by shape: circles 2, squares 1, triangles 0. So circles 2.", 2)
     think, ans = reasoning.solve({**meta, "query": {"colours": ["red", "blue"], "op": "weighted_sum",
                                                      "weights": [3, 4]}}, "plain")
     assert (think, ans) == ("Counts by colour: red 2, green 0, blue 1. So red 2, blue 1. "

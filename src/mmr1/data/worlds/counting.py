@@ -38,20 +38,14 @@ def sample(rng: random.Random, p: Params, variant: str) -> Task:
 
 
 def solve(meta: dict, style: str) -> tuple[str, int]:
-    """Teacher reasoning: tally every colour (or shape) in the picture, the asked one last, then answer.
-
-    Tallying all of them teaches one image read per entry; putting the asked one last makes the
-    answer the count just written, which a tiny model learns, where looking it up mid-list it did not.
-    """
+    """Teacher reasoning: tally every colour (or shape) in the picture, then read off the asked one."""
     objects, query = meta["objects"], meta["query"]
     if "colour" in query:
-        key = query["colour"]
-        n = sum(1 for _, _, col, _ in objects if col == key)
-        think = f"Counts by colour: {tally(objects, [c for c in meta['colours'] if c != key] + [key])}. So {key} {n}."
+        key, n = query["colour"], sum(1 for _, _, col, _ in objects if col == query["colour"])
+        think = f"Counts by colour: {tally(objects, meta['colours'])}. So {key} {n}."
     else:
         shapes = meta.get("shapes") or sorted({s for *_, s in objects} | {query["shape"]})
-        order = [x for x in shapes if x != query["shape"]] + [query["shape"]]
-        counts = ", ".join(f"{plural(x)} {sum(1 for *_, s in objects if s == x)}" for x in order)
+        counts = ", ".join(f"{plural(x)} {sum(1 for *_, s in objects if s == x)}" for x in shapes)
         key, n = plural(query["shape"]), sum(1 for *_, s in objects if s == query["shape"])
         think = f"Counts by shape: {counts}. So {key} {n}."
     if style == "reflective":

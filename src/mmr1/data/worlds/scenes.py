@@ -159,7 +159,7 @@ def _shape(draw: ImageDraw.ImageDraw, shape: str, x: float, y: float, r: float, 
 
 
 def tally(objects: list[list], colours: list[str]) -> str:
-    """'red 2, green 0, blue 1': every colour in `colours`, in that order.
+    """'red 2, green 0, blue 1' over the whole palette, in palette order.
 
     Every colour gets its count, zeros included: each entry is one image read the model is
     taught, which is what makes the worlds learnable from pixels by a tiny model.
