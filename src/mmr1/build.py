@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 
 from .config import Config, DataConfig
@@ -51,11 +52,20 @@ def build_samples(data: DataConfig, split: str, with_solution: bool = False) -> 
             params["instruction"] = data.instruction
         samples = make_world(name, split="train" if split == "train" else "test", n=n, seed=data.world_seed,
                              with_solution=with_solution, **params)
-        return samples, []
+        return few_shot(samples, data) if split == "train" else samples, []
     from .data.loaders import load_samples
 
     res = load_samples(spec, format=data.format, on_error=data.on_error, image_root=data.image_root,
                        limit=None if split == "train" else data.eval_size)
     for err in res.errors:
         log.warning("skipped bad record: %s", err)
-    return res.samples, res.errors
+    return few_shot(res.samples, data) if split == "train" else res.samples, res.errors
+
+
+def few_shot(samples: list[Sample], data: DataConfig) -> list[Sample]:
+    """data.train_limit records drawn without replacement with data.world_seed, kept in file order
+    (OThink-MR1 trains counting on 100-120 of CLEVR's 37K)."""
+    if not data.train_limit or data.train_limit >= len(samples):
+        return samples
+    keep = sorted(random.Random(data.world_seed).sample(range(len(samples)), data.train_limit))
+    return [samples[i] for i in keep]

@@ -158,6 +158,15 @@ def cmd_quickstart(a) -> int:
     return 0
 
 
+def cmd_othink(a) -> int:
+    from .othink import run_othink
+
+    path, overrides = _split_config_args(a.args)
+    summary = run_othink(path or _resolve_recipe("othink_mr1_cpu"), out=a.out, seeds=a.seeds, overrides=overrides)
+    print(f"results in {summary['out']}: results.md, results.json, curves.svg ({summary['seconds']:.0f} s)")
+    return 0
+
+
 def cmd_config(a) -> int:
     import yaml
 
@@ -233,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0, help="seed for the model, the world and training (default: 0)")
     q.add_argument("overrides", nargs="*", help="key=value config overrides")
     q.set_defaults(fn=cmd_quickstart)
+
+    o = sub.add_parser("othink", help="OThink-MR1 experiment: base, SFT, GRPO and GRPO-D, same- and cross-task",
+                       description="Train SFT, GRPO (constant beta) and GRPO-D (dynamic beta) from one base model "
+                                   "on every task of the recipe, over several seeds; evaluate every model on every "
+                                   "task; write OUT/results.json, OUT/results.md (mean ± std) and OUT/curves.svg "
+                                   "(beta, reward, KL per step). Rerunning resumes. Default recipe: othink_mr1_cpu "
+                                   "(tiny Qwen2-VL, synthetic counting and reasoning worlds, CPU). The paper's "
+                                   "settings: othink_mr1 (give model.path and the tasks' data paths).")
+    o.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
+                   help="a recipe name or YAML path, then config overrides (e.g. othink.base_sft_steps=300)")
+    o.add_argument("--out", help="experiment directory (default: logging.run_dir of the recipe)")
+    o.add_argument("--seeds", type=int, nargs="+", help="seeds (default: othink.seeds of the recipe)")
+    o.set_defaults(fn=cmd_othink)
 
     cf = sub.add_parser("config", help="list every config key, or print a resolved config",
                         description="Without arguments: every config key with its type, default and meaning. "

@@ -58,6 +58,8 @@ class DataConfig:
     format: str = _f("auto", "record format (auto, mmr1, geometry3k, sharegpt, r1v, mathvista, mmsearch)")
     image_root: Optional[str] = _f(None, "directory that relative image paths are resolved against")
     train_size: int = _f(2000, "number of training samples drawn from a synthetic world", min=1)
+    train_limit: int = _f(0, "few-shot: keep a random subset of this many training records, drawn with "
+                             "data.world_seed (0: keep all)", min=0)
     eval_size: int = _f(500, "number of held-out samples (worlds), or a cap on eval files", min=1)
     world_seed: int = _f(0, "seed of the synthetic world generator", min=0)
     world_params: dict = _f({}, "synthetic world parameters: grid, image_size, colours, shapes, n_objects, "
@@ -95,8 +97,8 @@ class AlgorithmConfig:
 
 @dataclass
 class RewardsConfig:
-    checker: Literal["auto", "math", "exact", "substring", "choice", "number"] = _f(
-        "auto", "how answers are compared with the reference")
+    checker: Literal["auto", "math", "exact", "substring", "choice", "number", "r1v"] = _f(
+        "auto", "how answers are compared with the reference (r1v: math-verify, then exact match, as R1-V)")
     format_weight: float = _f(1.0, "weight of the format reward", min=0.0)
     accuracy_weight: float = _f(1.0, "weight of the accuracy reward", min=0.0)
     custom: dict = _f({}, "extra reward functions {'module:function': weight}; each is called as "
@@ -150,6 +152,30 @@ class LoggingConfig:
 
 
 @dataclass
+class OThinkTask:
+    """One task of the OThink-MR1 experiment: its data and its KL weights (paper §3.2)."""
+    data: dict = _f({}, "data.* keys for this task (train, eval, format, train_limit, world_params, ...)")
+    beta: float = _f(0.04, "constant KL weight of the GRPO baseline", min=0.0)
+    beta_min: float = _f(0.04, "GRPO-D: the KL weight at the end of exploration (s = w)", min=0.0)
+    beta_max: float = _f(0.10, "GRPO-D: the KL weight at the last step (s = t)", min=0.0)
+    w_ratio: float = _f(0.3, "GRPO-D: exploration steps w as a fraction of all steps t", min=0.0, max=1.0)
+    rl_steps: int = _f(0, "RL steps on this task (0: rl.steps)", min=0)
+
+
+@dataclass
+class OThinkConfig:
+    seeds: list = _f([0], "seeds; every method is trained and evaluated once per seed")
+    tasks: dict = _f({}, "task name -> {data: {...}, beta, beta_min, beta_max, w_ratio} (see OThinkTask); each "
+                         "trained model is evaluated on every task's eval data (same-task and cross-task)")
+    methods: list = _f(["sft", "grpo", "grpo_d"], "methods trained from the base model: sft, grpo (constant "
+                                                  "beta), grpo_d (dynamic beta)")
+    base_sft_steps: int = _f(0, "0: model.path is the base (an instruct checkpoint); N: first SFT the model for "
+                                "N steps on every task's data, the tiny model's stand-in for an instruct model",
+                             min=0)
+    base_sft_size: int = _f(500, "samples per task in that base SFT mix", min=1)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -159,6 +185,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    othink: OThinkConfig = field(default_factory=OThinkConfig)
 
 
 # ----------------------------------------------------------------------------- building and checking
@@ -234,6 +261,13 @@ def _build(cls, data: dict, prefix: str = ""):
                 raise ConfigError(f"{key}: {value!r} is out of range; allowed {rng}")
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def build_section(cls, data: dict, prefix: str = ""):
+    """Check and build one config dataclass from a dict (for sections nested inside free-form dicts)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.')}: expected a mapping of {cls.__name__} keys, got {data!r}")
+    return _build(cls, data, prefix)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -20,7 +20,7 @@ from functools import lru_cache
 from .extract import extract_answer, extract_choice, unwrap
 from .format import think_answer_format
 
-KINDS = ("auto", "math", "exact", "substring", "choice", "number")
+KINDS = ("auto", "math", "exact", "substring", "choice", "number", "r1v")
 
 # ---------------------------------------------------------------- text (SQuAD / Search-R1 EM, SubEM)
 
@@ -211,6 +211,13 @@ def math_equal(pred: str | None, gold) -> bool:
     return _mv_equal(p, g)
 
 
+def r1v_equal(pred: str, gold: str) -> bool:
+    """R1-V's accuracy_reward (OThink-MR1 §3.1): math-verify first, then exact equality of the stripped
+    answer-tag contents. R1-V hands math-verify the whole completion; this hands it the extracted answer,
+    which is the same number unless the answer tag holds none and the reasoning does."""
+    return _mv_equal(pred, gold) or pred.strip() == gold.strip()
+
+
 def number_equal(pred: str | None, gold, precision: int | None = None) -> bool:
     """A numeric answer: the prediction must hold one number (a fraction counts as one) equal to the gold.
 
@@ -320,6 +327,8 @@ def check_answer(pred: str | None, sample_or_fields, kind: str = "auto") -> bool
         return substring_match(pred, golds)
     if kind == "choice":
         return any(choice_equal(pred, g, choices) for g in golds)
+    if kind == "r1v":
+        return any(r1v_equal(pred, g) for g in golds)
     if kind == "number":
         prec = None if (atype or "").lower() in {"integer", "int"} else prec
         return any(number_equal(pred, g, prec) for g in golds)

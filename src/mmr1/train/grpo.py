@@ -41,8 +41,13 @@ class RLResult:
     seconds: float
     reward_history: list[float] = field(default_factory=list)  # mean sampled reward per step
     accuracy_history: list[float] = field(default_factory=list)  # mean sampled accuracy per step
+    beta_history: list[float] = field(default_factory=list)  # KL weight used at each step
+    kl_history: list[float] = field(default_factory=list)  # mean KL to the reference per step (nan: beta = 0)
     final_dir: str = ""
     reward_errors: int = 0
+
+
+HISTORIES = ("reward_history", "accuracy_history", "beta_history", "kl_history")  # kept in checkpoints
 
 
 class PromptSampler:
@@ -248,13 +253,12 @@ def fit(cfg: Config, lm, train_samples: list, run: RunDir, eval_fn=None, progres
     if latest is not None:
         state = Checkpointer.load(latest, model, opt, sched)
         step = state["step"]
-        result.reward_history = state.get("reward_history", [])
-        result.accuracy_history = state.get("accuracy_history", [])
+        for name in HISTORIES:
+            setattr(result, name, state.get(name, []))
         log.info("resumed RL from %s (step %d)", latest, step)
 
     def save(at: int):
-        return ckpt.save(at, model, opt, sched, {"reward_history": result.reward_history,
-                                                "accuracy_history": result.accuracy_history})
+        return ckpt.save(at, model, opt, sched, {name: getattr(result, name) for name in HISTORIES})
 
     with StopOnSignal() as stop, progress_bar("grpo", rc.steps, enabled=progress) as advance:
         advance(step)
@@ -264,6 +268,8 @@ def fit(cfg: Config, lm, train_samples: list, run: RunDir, eval_fn=None, progres
             step += 1
             result.reward_history.append(m["reward/mean"])
             result.accuracy_history.append(m["accuracy"])
+            result.beta_history.append(m["beta"])
+            result.kl_history.append(m.get("kl", math.nan))
             result.reward_errors += out.reward_errors
             advance(1)
             if step % cfg.logging.log_every == 0 or step == rc.steps or step == 1:
