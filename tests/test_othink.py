@@ -3,6 +3,7 @@ experiment runner end to end (tiny model, both synthetic worlds, every method, r
 
 import json
 import math
+from xml.etree import ElementTree
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,7 @@ def test_experiment_runs_every_method_on_every_task_and_resumes(tmp_path, capsys
     assert (out / "results.md").read_text().count("\n| ") == 5  # header + 4 methods
     assert json.loads((out / "results.json").read_text())["records"] == summary["records"]
     svg = (out / "curves.svg").read_text()
+    ElementTree.fromstring(svg)  # well-formed
     assert svg.count("<polyline") >= 2 * 3 * 2 and "beta(s): train on reasoning" in svg
 
     # beta per step: GRPO-D follows the paper's schedule with each task's values, GRPO stays constant

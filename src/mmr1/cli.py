@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import MMR1Error
+from .errors import DataError, MMR1Error
 
 RECIPES = Path(__file__).parent / "recipes"
 
@@ -167,6 +167,28 @@ def cmd_othink(a) -> int:
     return 0
 
 
+def cmd_serve(a) -> int:
+    from . import dist
+    from .models import load_model
+    from .serve import ChatServer, make_http_server
+
+    if not (Path(a.model_dir) / "config.json").exists():
+        raise DataError(f"{a.model_dir}: no config.json; give a model directory (e.g. one `mmr1 tiny-model` wrote)")
+    lm = load_model(a.model_dir, dtype=a.dtype, device=str(dist.pick_device(a.device)))
+    chat = ChatServer(lm, a.name or Path(a.model_dir).resolve().name, max_tokens_limit=a.max_tokens_limit,
+                      default_max_tokens=a.max_tokens)
+    httpd = make_http_server(chat, a.host, a.port)
+    host, port = httpd.server_address[:2]
+    print(f"serving {chat.name} at http://{host}:{port}/v1 (Ctrl-C stops)", flush=True)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
+    return 0
+
+
 def cmd_config(a) -> int:
     import yaml
 
@@ -255,6 +277,21 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--out", help="experiment directory (default: logging.run_dir of the recipe)")
     o.add_argument("--seeds", type=int, nargs="+", help="seeds (default: othink.seeds of the recipe)")
     o.set_defaults(fn=cmd_othink)
+
+    sv = sub.add_parser("serve", help="serve a model over an OpenAI-compatible chat-completions API",
+                        description="Serve MODEL_DIR at http://HOST:PORT/v1: POST /v1/chat/completions (messages "
+                                    "with images as base64 data URLs or local paths; max_tokens, temperature (0: "
+                                    "greedy), top_p, n, stop, seed), GET /v1/models, GET /health. Teachers, judges "
+                                    "and evaluation reach it like vLLM or a hosted API. Requests run one at a time.")
+    sv.add_argument("model_dir", help="model directory (config.json, weights, tokenizer, processor)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one and prints it)")
+    sv.add_argument("--name", help="model name clients send and see (default: the directory's name)")
+    sv.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    sv.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: float32)")
+    sv.add_argument("--max-tokens", type=int, default=512, help="completion length when a request gives none")
+    sv.add_argument("--max-tokens-limit", type=int, default=4096, help="longest completion a request may ask for")
+    sv.set_defaults(fn=cmd_serve)
 
     cf = sub.add_parser("config", help="list every config key, or print a resolved config",
                         description="Without arguments: every config key with its type, default and meaning. "
