@@ -152,6 +152,35 @@ class LoggingConfig:
 
 
 @dataclass
+class EvalConfig:
+    temperature: float = _f(0.0, "0: greedy; > 0 samples (Vision-R1 evaluates at 0.6 with top_p 0.95)", min=0.0)
+    top_p: float = _f(1.0, "nucleus sampling threshold when sampling", min=0.0, max=1.0)
+    retries_missing_answer: int = _f(0, "resample a completion up to N more times while it has no closing "
+                                        "</answer> (Vision-R1's evaluation retries about 4 times)", min=0)
+    seed: int = _f(0, "seed of evaluation sampling", min=0)
+
+
+@dataclass
+class ColdstartConfig:
+    teacher: Literal["programmatic", "api"] = _f(
+        "programmatic", "programmatic: the synthetic worlds' own teacher, offline; api: OpenAI-compatible servers")
+    base_url: str = _f("http://127.0.0.1:8000/v1", "the MLLM (pseudo-CoT, description): OpenAI-compatible base URL")
+    model: str = _f("", "the MLLM's model name (empty: the server's first model)")
+    api_key_env: str = _f("OPENAI_API_KEY", "environment variable holding the MLLM's API key (unset: no key)")
+    reasoner_base_url: str = _f("", "the reasoning LLM (DeepSeek-R1 in the paper); empty: base_url")
+    reasoner_model: str = _f("", "the reasoning LLM's model name; empty: model")
+    reasoner_api_key_env: str = _f("", "environment variable with the reasoner's key; empty: api_key_env")
+    concurrency: int = _f(8, "samples in flight at once", min=1)
+    timeout: float = _f(120.0, "seconds per request before it is retried", min=0.1)
+    retries: int = _f(4, "retries per request (timeouts, connection errors, 429 and 5xx), with back-off", min=0)
+    backoff: float = _f(1.0, "first back-off in seconds, doubled at every retry", min=0.0)
+    max_tokens: int = _f(2048, "completion length per request", min=1)
+    temperature: float = _f(0.6, "sampling temperature of the teachers", min=0.0)
+    style: Literal["plain", "reflective"] = _f("reflective", "programmatic teacher: reflective CoT has 'Wait' / "
+                                                             "'Hmm' re-checks, as R1's")
+
+
+@dataclass
 class OThinkTask:
     """One task of the OThink-MR1 experiment: its data and its KL weights (paper §3.2)."""
     data: dict = _f({}, "data.* keys for this task (train, eval, format, train_limit, world_params, ...)")
@@ -186,6 +215,8 @@ class Config:
     rl: RLConfig = field(default_factory=RLConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     othink: OThinkConfig = field(default_factory=OThinkConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    coldstart: ColdstartConfig = field(default_factory=ColdstartConfig)
 
 
 # ----------------------------------------------------------------------------- building and checking
