@@ -178,6 +178,8 @@ class ColdstartConfig:
     temperature: float = _f(0.6, "sampling temperature of the teachers", min=0.0)
     style: Literal["plain", "reflective"] = _f("reflective", "programmatic teacher: reflective CoT has 'Wait' / "
                                                              "'Hmm' re-checks, as R1's")
+    miss_rate: float = _f(0.1, "programmatic teacher: chance that a description leaves out one object (as a real "
+                               "captioner does; the answer check then drops the sample)", min=0.0, max=1.0)
 
 
 @dataclass
