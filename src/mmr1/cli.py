@@ -130,10 +130,15 @@ def cmd_eval(a) -> int:
     out = run.sub("eval", a.name)
     m = evaluate(lm, samples, max_new_tokens=cfg.rollout.max_new_tokens, batch_size=cfg.rollout.batch_size,
                  checker=cfg.rewards.checker, system_prompt=cfg.data.system_prompt, out_dir=out,
-                 show_progress=cfg.logging.progress, on_error=cfg.data.on_error)
+                 show_progress=cfg.logging.progress, on_error=cfg.data.on_error,
+                 temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
+                 retries_missing_answer=cfg.eval.retries_missing_answer, seed=cfg.eval.seed)
     m["skipped_records"] += len(errors)
     run.log_metrics(0, {k: v for k, v in m.items() if isinstance(v, (int, float))}, prefix=f"eval/{a.name}/")
     _print_eval(a.name, m)
+    if m["sampling"]["retries_missing_answer"]:
+        print(f"resampled for a missing </answer>: {m['retried_rows']} rows; still missing: "
+              f"{m['missing_answer_rows']}")
     print(f"predictions and metrics: {out}")
     run.close()
     return 0
@@ -245,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, fn, what in (("sft", cmd_sft, "supervised fine-tuning (cold-start / activation data)"),
                            ("grpo", cmd_grpo, "GRPO reinforcement learning with verifiable rewards"),
-                           ("eval", cmd_eval, "greedy evaluation: accuracy, format rate, lengths")):
+                           ("eval", cmd_eval, "evaluation (greedy, or sampled with eval.*): accuracy, format rate, lengths")):
         s = sub.add_parser(name, help=what, epilog=_config_epilog(),
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            usage=f"mmr1 {name} [CONFIG.yaml | RECIPE] [key=value ...]",

@@ -24,12 +24,12 @@ import time
 from pathlib import Path
 
 from .build import build_model, build_samples
-from .config import Config, OThinkTask, build_section, load_config, to_dict
+from .config import Config, OThinkTask, build_section, load_config
 from .errors import ConfigError
 from .eval.evaluate import evaluate
+from .experiment import derive_config, mean_std, run_stage
 from .plots import write_line_charts
 from .train.grpo import fit
-from .train.run_dir import RunDir
 from .train.sft import train_sft
 from .ui import print_table
 
@@ -64,18 +64,8 @@ def parse_tasks(cfg: Config) -> dict[str, OThinkTask]:
 
 def stage_config(cfg: Config, seed: int, task: OThinkTask | None = None, world_seed_offset: int = 0,
                  **sections: dict) -> Config:
-    """`cfg` with the seed set, the task's data keys merged into `data` and `sections` merged on top."""
-    d = to_dict(cfg)
-    if task is not None:
-        d["data"].update(task.data)
-    d["trainer"]["seed"] = seed
-    d["data"]["world_seed"] = seed + world_seed_offset
-    for name, values in sections.items():
-        d[name].update(values)
-    try:
-        return load_config(base=d)
-    except ConfigError as e:
-        raise ConfigError(f"othink task data: {e}") from None
+    """`cfg` for one stage: the seed, the task's data keys and `sections` merged in."""
+    return derive_config(cfg, seed, task.data if task is not None else None, world_seed_offset, **sections)
 
 
 def rl_sections(method: str, task: OThinkTask) -> dict:
@@ -109,19 +99,11 @@ class Experiment:
         return res
 
     def _stage(self, stage_dir: Path, work) -> dict:
-        """Run `work(run) -> (lm, extra)` unless the stage already finished; evaluation is part of the stage."""
-        done = stage_dir / "result.json"
-        if done.exists():
-            return json.loads(done.read_text())
-        t = time.time()
-        run = RunDir(stage_dir, tensorboard=self.cfg.logging.tensorboard)
-        try:
+        """`work(run) -> (lm, extra, seed)`, then every task's evaluation, once (see run_stage)."""
+        def full(run):
             lm, extra, seed = work(run)
-            result = {"evals": self._evaluate(lm, seed, stage_dir), **extra, "seconds": round(time.time() - t, 1)}
-        finally:
-            run.close()
-        done.write_text(json.dumps(result, indent=1) + "\n")
-        return result
+            return {"evals": self._evaluate(lm, seed, stage_dir), **extra}
+        return run_stage(stage_dir, full, self.cfg.logging.tensorboard)
 
     def base(self, seed: int) -> tuple[str, dict]:
         """The base model's path and its evaluation."""
@@ -200,11 +182,6 @@ class Experiment:
 def _record(seed: int, method: str, train: str, eval_task: str, m: dict) -> dict:
     return {"seed": seed, "method": method, "train": train, "eval": eval_task,
             "accuracy": m["accuracy"], "format_rate": m["format_rate"]}
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single seed)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def results_table(records: list[dict], tasks: list[str], methods: list[str]) -> dict:

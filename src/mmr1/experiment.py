@@ -1,0 +1,56 @@
+"""What the multi-stage experiment runners (OThink-MR1, Vision-R1) share: one config per stage derived from
+the recipe, stages that run once and are skipped by a rerun, and mean ± std over seeds."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+from .config import Config, load_config, to_dict
+from .errors import ConfigError
+from .train.run_dir import RunDir
+
+
+def derive_config(cfg: Config, seed: int, task_data: dict | None = None, world_seed_offset: int = 0,
+                  **sections: dict) -> Config:
+    """`cfg` with the seed set (model init, data order, sampling and the world generator), a task's data keys
+    merged into the data section, then each of `sections` merged into its section; checked like any config."""
+    d = to_dict(cfg)
+    d["data"].update(task_data or {})
+    d["trainer"]["seed"] = seed
+    d["data"]["world_seed"] = seed + world_seed_offset
+    for name, values in sections.items():
+        d[name].update(values)
+    try:
+        return load_config(base=d)
+    except ConfigError as e:
+        raise ConfigError(f"in a stage's settings: {e}") from None
+
+
+def run_stage(stage_dir: Path, work: Callable[[RunDir], dict], tensorboard: bool = True) -> dict:
+    """`work(run) -> result` once: the result lands in STAGE/result.json, and a rerun finds it and skips the
+    stage. A stage stopped before that restarts, resuming its training from its own checkpoints."""
+    done = Path(stage_dir) / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    t = time.time()
+    run = RunDir(stage_dir, tensorboard=tensorboard)
+    try:
+        result = {**work(run), "seconds": round(time.time() - t, 1)}
+    finally:
+        run.close()
+    done.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single seed)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt_mean_std(values: list[float], digits: int = 3) -> str:
+    mu, sd = mean_std(values)
+    return f"{mu:.{digits}f} ± {sd:.{digits}f}"
