@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -165,25 +164,19 @@ def test_client_does_not_retry_a_bad_request(server):
     assert c.requests == 2  # GET /models, then one POST
 
 
-RUN = textwrap.dedent("""
-    import sys
-    from mmr1.data.coldstart import ApiTeacher, build_coldstart
-    from mmr1.clients import ChatClient
-    from mmr1.data.worlds import make_world
-    url, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    mk = lambda: ChatClient(url, "", timeout=30, retries=2, backoff=0.1)
-    samples = make_world("counting", n=n, seed=3)
-    stats = build_coldstart(samples, ApiTeacher(mk(), mk(), max_tokens=8), out, concurrency=2, progress=False)
-    print(stats["kept"], sum(stats["dropped"].values()), stats["failed"])
-""")
+def coldstart_cmd(url: str, out: Path, n: int) -> list[str]:
+    return [sys.executable, "-m", "mmr1.cli", "data", "coldstart", "data.train=world:counting", f"data.train_size={n}",
+            "data.world_seed=3", "coldstart.teacher=api", f"coldstart.base_url={url}", "coldstart.max_tokens=8",
+            "coldstart.concurrency=2", "coldstart.retries=2", "coldstart.backoff=0.1", "logging.progress=false",
+            "--out", str(out)]
 
 
 def test_api_teacher_over_http_killed_midway_then_completed(server, tmp_path):
     out = tmp_path / "cold.jsonl"
     status = tmp_path / "cold.jsonl.status.jsonl"
     n = 16
-    proc = subprocess.Popen([sys.executable, "-c", RUN, server, str(out), str(n)], stderr=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(coldstart_cmd(server, out, n), stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and (not status.exists() or len(status.read_text().splitlines()) < 3):
         time.sleep(0.05)
@@ -191,10 +184,11 @@ def test_api_teacher_over_http_killed_midway_then_completed(server, tmp_path):
     proc.wait()
     done_before = read_jsonl_ids(status)
     assert 3 <= len(done_before) < n, "the kill should land midway"
-    res = subprocess.run([sys.executable, "-c", RUN, server, str(out), str(n)], capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run(coldstart_cmd(server, out, n), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    kept, dropped, failed = map(int, res.stdout.split())
+    stats = json.loads((tmp_path / "cold.jsonl.stats.json").read_text())
+    kept, dropped, failed = stats["kept"], sum(stats["dropped"].values()), stats["failed"]
+    assert "Table 4" in res.stdout
     rows = [json.loads(line) for line in status.read_text().splitlines()]
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids)) == n and failed == 0  # every sample once, none lost

@@ -79,6 +79,31 @@ def cmd_data_world(a) -> int:
     return 0
 
 
+def cmd_data_coldstart(a) -> int:
+    from .build import build_samples
+    from .config import load_config
+    from .data.coldstart import build_coldstart, make_teacher
+    from .ui import print_table
+
+    path, overrides = _split_config_args(a.args)
+    cfg = load_config(path, overrides)
+    samples, errors = build_samples(cfg.data, "train")
+    stats = build_coldstart(samples, make_teacher(cfg.coldstart), a.out, checker=cfg.rewards.checker,
+                            concurrency=cfg.coldstart.concurrency, progress=cfg.logging.progress)
+    dropped = stats["dropped"]
+    print_table(f"cold start: {a.out} ({cfg.coldstart.teacher} teacher); dropped by reason; failed: a rerun "
+                "retries them",
+                ["samples", "kept", *[k.replace("_", " ") for k in dropped], "failed", "words/CoT"],
+                [[stats["samples"], stats["kept"], *dropped.values(), stats["failed"],
+                  f"{stats['think_words']['mean']:.1f}"]])
+    kw = stats["keywords"]
+    print_table("keywords (Vision-R1 Table 4)", ["text", *kw["kept reasoning"]],
+                [[name, *counts.values()] for name, counts in kw.items()])
+    if errors:
+        print(f"{len(errors)} bad input records skipped (data.on_error=skip)")
+    return 1 if stats["failed"] else 0
+
+
 def _job(a):
     """Config, run directory and model of a `sft` / `grpo` / `eval` invocation."""
     from .build import build_model
@@ -247,6 +272,22 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--with-solution", action="store_true", help="include the teacher's solution as the target")
     w.add_argument("--out", required=True, help="output .jsonl path (images go beside it)")
     w.set_defaults(fn=cmd_data_world)
+
+    cs = dsub.add_parser("coldstart", help="Vision-R1 cold-start CoT data by modality bridging (ShareGPT JSONL)",
+                         description="For each training sample (data.train): the MLLM writes a pseudo-CoT, then a "
+                                     "detailed description; a reasoning LLM answers from the description alone; "
+                                     "samples whose answer fails the reward's checker or the consistency rules are "
+                                     "dropped; the rest are written as ShareGPT JSONL (<think> ... </think><answer> "
+                                     "Final Answer:X </answer>) with OUT.status.jsonl (every finished id) and "
+                                     "OUT.stats.json. A rerun skips finished ids. Teachers: coldstart.teacher=api "
+                                     "(OpenAI-compatible: coldstart.base_url, coldstart.model, coldstart.api_key_env; "
+                                     "coldstart.reasoner_*) or programmatic (offline, synthetic worlds). Exit 1 if "
+                                     "some samples failed (their requests ran out of retries): rerun to finish.")
+    cs.add_argument("args", nargs="*", metavar="[CONFIG|RECIPE] [key=value ...]",
+                    help="a config file or recipe, then overrides (e.g. data.train=world:reasoning "
+                         "coldstart.teacher=api coldstart.base_url=http://127.0.0.1:8000/v1)")
+    cs.add_argument("--out", required=True, help="output .jsonl path (images go to OUT_images/)")
+    cs.set_defaults(fn=cmd_data_coldstart)
 
     for name, fn, what in (("sft", cmd_sft, "supervised fine-tuning (cold-start / activation data)"),
                            ("grpo", cmd_grpo, "GRPO reinforcement learning with verifiable rewards"),
