@@ -219,6 +219,15 @@ def cmd_serve(a) -> int:
     return 0
 
 
+def cmd_vision_r1(a) -> int:
+    from .vision_r1 import run_vision_r1
+
+    path, overrides = _split_config_args(a.args)
+    summary = run_vision_r1(path or _resolve_recipe("vision_r1_cpu"), out=a.out, seeds=a.seeds, overrides=overrides)
+    print(f"results in {summary['out']}: results.md, results.json ({summary['seconds']:.0f} s)")
+    return 0
+
+
 def cmd_config(a) -> int:
     import yaml
 
@@ -323,6 +332,20 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--out", help="experiment directory (default: logging.run_dir of the recipe)")
     o.add_argument("--seeds", type=int, nargs="+", help="seeds (default: othink.seeds of the recipe)")
     o.set_defaults(fn=cmd_othink)
+
+    v = sub.add_parser("vision-r1", help="Vision-R1 experiment: Zero, cold-start SFT (CI), CI + PTST, CI + long RL",
+                       description="From one base model per seed: Vision-R1-Zero (RL with the R1-Zero format prompt), "
+                                   "the cold start (mmr1 data coldstart) and its SFT (CI), CI + PTST with the hard "
+                                   "formatting result reward (vision_r1.stages, each continuing from the last), and "
+                                   "CI + RL at the longest length without PTST. Writes OUT/results.json and "
+                                   "OUT/results.md (accuracy and mean output length, mean ± std). Rerunning resumes. "
+                                   "Default recipe: vision_r1_cpu (tiny model, synthetic reasoning world, CPU); "
+                                   "the paper's settings: vision_r1.")
+    v.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
+                   help="a recipe name or YAML path, then config overrides")
+    v.add_argument("--out", help="experiment directory (default: logging.run_dir of the recipe)")
+    v.add_argument("--seeds", type=int, nargs="+", help="seeds (default: vision_r1.seeds of the recipe)")
+    v.set_defaults(fn=cmd_vision_r1)
 
     sv = sub.add_parser("serve", help="serve a model over an OpenAI-compatible chat-completions API",
                         description="Serve MODEL_DIR at http://HOST:PORT/v1: POST /v1/chat/completions (messages "

@@ -182,6 +182,40 @@ class ColdstartConfig:
                                "captioner does; the answer check then drops the sample)", min=0.0, max=1.0)
 
 
+R1_ZERO_PROMPT = ("A conversation between User and Assistant. The user asks a question, and the Assistant solves "
+                  "it. The assistant first thinks about the reasoning process in the mind and then provides the user "
+                  "with the answer. The reasoning process and answer are enclosed within <think> </think> and "
+                  "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> "
+                  "answer here </answer>.")
+
+
+@dataclass
+class PTSTStage:
+    """One stage of Progressive Thinking Suppression Training (Vision-R1 §3.4)."""
+    max_new_tokens: int = _f(4096, "longest completion in this stage (L_s)", min=1)
+    group_size: int = _f(16, "completions per prompt in this stage (G_s)", min=1)
+    steps: int = _f(100, "RL steps in this stage", min=1)
+
+
+@dataclass
+class VisionR1Config:
+    seeds: list = _f([0], "seeds; every method is trained and evaluated once per seed")
+    methods: list = _f(["zero", "ci", "ci_ptst", "ci_long"], "zero: RL from the base with the R1-Zero format "
+                       "prompt; ci: cold-start SFT; ci_ptst: ci + PTST RL; ci_long: ci + RL at the longest length "
+                       "without PTST")
+    stages: list = _f([{"max_new_tokens": 4096, "group_size": 16, "steps": 100},
+                       {"max_new_tokens": 8192, "group_size": 8, "steps": 100}],
+                      "PTST stages [{max_new_tokens, group_size, steps}], each continuing from the previous one; "
+                      "zero runs at the first stage's length and group size, ci_long at the last's, each for the "
+                      "stages' total steps")
+    zero_system_prompt: str = _f(R1_ZERO_PROMPT, "system prompt of the Zero baseline (DeepSeek-R1-Zero's)")
+    base_sft_steps: int = _f(0, "0: model.path is the base; N: first SFT a tiny model for N steps into an "
+                                "instruct-like base (direct answers, and tagged answers under the Zero prompt)",
+                             min=0)
+    base_sft_size: int = _f(2000, "samples in that base SFT", min=1)
+    coldstart_size: int = _f(0, "training samples bridged into cold-start CoT (0: all of data.train)", min=0)
+
+
 @dataclass
 class OThinkTask:
     """One task of the OThink-MR1 experiment: its data and its KL weights (paper §3.2)."""
@@ -219,6 +253,7 @@ class Config:
     othink: OThinkConfig = field(default_factory=OThinkConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     coldstart: ColdstartConfig = field(default_factory=ColdstartConfig)
+    vision_r1: VisionR1Config = field(default_factory=VisionR1Config)
 
 
 # ----------------------------------------------------------------------------- building and checking
