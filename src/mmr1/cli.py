@@ -320,32 +320,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("overrides", nargs="*", help="key=value config overrides")
     q.set_defaults(fn=cmd_quickstart)
 
-    o = sub.add_parser("othink", help="OThink-MR1 experiment: base, SFT, GRPO and GRPO-D, same- and cross-task",
-                       description="Train SFT, GRPO (constant beta) and GRPO-D (dynamic beta) from one base model "
-                                   "on every task of the recipe, over several seeds; evaluate every model on every "
-                                   "task; write OUT/results.json, OUT/results.md (mean ± std) and OUT/curves.svg "
-                                   "(beta, reward, KL per step). Rerunning resumes. Default recipe: othink_mr1_cpu "
-                                   "(tiny Qwen2-VL, synthetic counting and reasoning worlds, CPU). The paper's "
-                                   "settings: othink_mr1 (give model.path and the tasks' data paths).")
-    o.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
-                   help="a recipe name or YAML path, then config overrides (e.g. othink.base_sft_steps=300)")
-    o.add_argument("--out", help="experiment directory (default: logging.run_dir of the recipe)")
-    o.add_argument("--seeds", type=int, nargs="+", help="seeds (default: othink.seeds of the recipe)")
-    o.set_defaults(fn=cmd_othink)
-
-    v = sub.add_parser("vision-r1", help="Vision-R1 experiment: Zero, cold-start SFT (CI), CI + PTST, CI + long RL",
-                       description="From one base model per seed: Vision-R1-Zero (RL with the R1-Zero format prompt), "
-                                   "the cold start (mmr1 data coldstart) and its SFT (CI), CI + PTST with the hard "
-                                   "formatting result reward (vision_r1.stages, each continuing from the last), and "
-                                   "CI + RL at the longest length without PTST. Writes OUT/results.json and "
-                                   "OUT/results.md (accuracy and mean output length, mean ± std). Rerunning resumes. "
-                                   "Default recipe: vision_r1_cpu (tiny model, synthetic reasoning world, CPU); "
-                                   "the paper's settings: vision_r1.")
-    v.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
-                   help="a recipe name or YAML path, then config overrides")
-    v.add_argument("--out", help="experiment directory (default: logging.run_dir of the recipe)")
-    v.add_argument("--seeds", type=int, nargs="+", help="seeds (default: vision_r1.seeds of the recipe)")
-    v.set_defaults(fn=cmd_vision_r1)
+    for name, fn, section, what, desc in (
+        ("othink", cmd_othink, "othink", "OThink-MR1 experiment: base, SFT, GRPO and GRPO-D, same- and cross-task",
+         "Train SFT, GRPO (constant beta) and GRPO-D (dynamic beta) from one base model on every task of the "
+         "recipe, over several seeds; evaluate every model on every task; write OUT/results.json, OUT/results.md "
+         "(mean ± std) and OUT/curves.svg (beta, reward, KL per step). Default recipe: othink_mr1_cpu (tiny "
+         "Qwen2-VL, synthetic counting and reasoning worlds, CPU). The paper's settings: othink_mr1 (give "
+         "model.path and the tasks' data paths)."),
+        ("vision-r1", cmd_vision_r1, "vision_r1", "Vision-R1 experiment: Zero, cold-start SFT (CI), CI + PTST, "
+         "CI + long RL",
+         "From one base model per seed: Vision-R1-Zero (RL with the R1-Zero format prompt), the cold start (mmr1 "
+         "data coldstart) and its SFT (CI), CI + PTST with the hard formatting result reward (vision_r1.stages, "
+         "each continuing from the last), and CI + RL at the longest length without PTST. Writes "
+         "OUT/results.json and OUT/results.md (accuracy and mean output length, mean ± std). Default recipe: "
+         "vision_r1_cpu (tiny model, synthetic reasoning world, CPU); the paper's settings: vision_r1.")):
+        e = sub.add_parser(name, help=what, description=desc + " Rerunning the same command resumes. Put "
+                           "key=value overrides before --out/--seeds.")
+        e.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
+                       help="a recipe name or YAML path, then config overrides")
+        e.add_argument("--out", help="experiment directory (default: logging.run_dir of the recipe)")
+        e.add_argument("--seeds", type=int, nargs="+", help=f"seeds (default: {section}.seeds of the recipe)")
+        e.set_defaults(fn=fn)
 
     sv = sub.add_parser("serve", help="serve a model over an OpenAI-compatible chat-completions API",
                         description="Serve MODEL_DIR at http://HOST:PORT/v1: POST /v1/chat/completions (messages "

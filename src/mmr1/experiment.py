@@ -30,6 +30,19 @@ def derive_config(cfg: Config, seed: int, task_data: dict | None = None, world_s
         raise ConfigError(f"in a stage's settings: {e}") from None
 
 
+def check_experiment(cfg: Config, section: str, allowed: tuple[str, ...]) -> None:
+    """The checks every runner's section shares: methods, seeds, and where the base model comes from."""
+    sec = getattr(cfg, section)
+    unknown = [m for m in sec.methods if m not in allowed]
+    if unknown:
+        raise ConfigError(f"{section}.methods: unknown {unknown}; choose from {list(allowed)}")
+    if not sec.seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in sec.seeds):
+        raise ConfigError(f"{section}.seeds: need a non-empty list of integers >= 0; got {sec.seeds!r}")
+    if not cfg.model.path and not sec.base_sft_steps:
+        raise ConfigError(f"model.path is empty and {section}.base_sft_steps is 0: give the base checkpoint in "
+                          f"model.path, or set {section}.base_sft_steps > 0 to SFT a tiny base model first")
+
+
 def run_stage(stage_dir: Path, work: Callable[[RunDir], dict], tensorboard: bool = True) -> dict:
     """`work(run) -> result` once: the result lands in STAGE/result.json, and a rerun finds it and skips the
     stage. A stage stopped before that restarts, resuming its training from its own checkpoints."""

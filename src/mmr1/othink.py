@@ -27,7 +27,7 @@ from .build import build_model, build_samples
 from .config import Config, OThinkTask, build_section, load_config
 from .errors import ConfigError
 from .eval.evaluate import evaluate
-from .experiment import derive_config, mean_std, run_stage
+from .experiment import check_experiment, derive_config, mean_std, run_stage
 from .plots import write_line_charts
 from .train.grpo import fit
 from .train.sft import train_sft
@@ -43,14 +43,7 @@ def parse_tasks(cfg: Config) -> dict[str, OThinkTask]:
     oc = cfg.othink
     if not oc.tasks:
         raise ConfigError("othink.tasks is empty; give at least one task, e.g. the CPU recipe 'othink_mr1_cpu'")
-    unknown = [m for m in oc.methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"othink.methods: unknown {unknown}; choose from {list(METHODS)}")
-    if not oc.seeds or not all(isinstance(s, int) and s >= 0 for s in oc.seeds):
-        raise ConfigError(f"othink.seeds: need a non-empty list of integers >= 0; got {oc.seeds!r}")
-    if not cfg.model.path and not oc.base_sft_steps:
-        raise ConfigError("model.path is empty and othink.base_sft_steps is 0: give an instruct checkpoint in "
-                          "model.path, or set othink.base_sft_steps > 0 to SFT a tiny base model first")
+    check_experiment(cfg, "othink", METHODS)
     tasks = {}
     for name, spec in oc.tasks.items():
         task = build_section(OThinkTask, spec, f"othink.tasks.{name}.")

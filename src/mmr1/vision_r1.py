@@ -30,7 +30,7 @@ from .data.loaders import load_samples
 from .data.schema import assistant_turn
 from .errors import ConfigError
 from .eval.evaluate import evaluate
-from .experiment import derive_config, fmt_mean_std, run_stage
+from .experiment import check_experiment, derive_config, fmt_mean_std, run_stage
 from .train.grpo import fit, mean_first_last
 from .train.sft import train_sft
 from .ui import print_table
@@ -45,12 +45,7 @@ def parse_stages(cfg: Config) -> list[PTSTStage]:
     vc = cfg.vision_r1
     if not vc.stages:
         raise ConfigError("vision_r1.stages is empty; give at least one {max_new_tokens, group_size, steps}")
-    unknown = [m for m in vc.methods if m not in METHODS]
-    if unknown:
-        raise ConfigError(f"vision_r1.methods: unknown {unknown}; choose from {list(METHODS)}")
-    if not cfg.model.path and not vc.base_sft_steps:
-        raise ConfigError("model.path is empty and vision_r1.base_sft_steps is 0: give the base checkpoint in "
-                          "model.path, or set vision_r1.base_sft_steps > 0 to SFT a tiny base first")
+    check_experiment(cfg, "vision_r1", METHODS)
     return [build_section(PTSTStage, st, f"vision_r1.stages[{i}].") for i, st in enumerate(vc.stages)]
 
 
