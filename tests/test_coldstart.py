@@ -189,6 +189,8 @@ def test_api_teacher_over_http_killed_midway_then_completed(server, tmp_path):
     stats = json.loads((tmp_path / "cold.jsonl.stats.json").read_text())
     kept, dropped, failed = stats["kept"], sum(stats["dropped"].values()), stats["failed"]
     assert "Table 4" in res.stdout
+    usage = stats["teacher_usage_this_run"]  # the rerun's own requests, tokens as the server counted them
+    assert usage["mllm"]["requests"] >= 2 * (n - len(done_before)) and usage["reasoner"]["completion_tokens"] > 0
     rows = [json.loads(line) for line in status.read_text().splitlines()]
     ids = [r["id"] for r in rows]
     assert len(ids) == len(set(ids)) == n and failed == 0  # every sample once, none lost

@@ -99,6 +99,9 @@ def cmd_data_coldstart(a) -> int:
     kw = stats["keywords"]
     print_table("keywords (Vision-R1 Table 4)", ["text", *kw["kept reasoning"]],
                 [[name, *counts.values()] for name, counts in kw.items()])
+    for role, u in stats.get("teacher_usage_this_run", {}).items():
+        print(f"{role}: {u['requests']} requests, {u['prompt_tokens']} prompt + {u['completion_tokens']} completion "
+              "tokens in this run")
     if errors:
         print(f"{len(errors)} bad input records skipped (data.on_error=skip)")
     return 1 if stats["failed"] else 0

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -43,6 +44,8 @@ class ChatClient:
         self.model, self.api_key = model, api_key
         self.timeout, self.retries, self.backoff, self.sleep = timeout, retries, backoff, sleep
         self.requests = 0  # HTTP requests sent, retries included
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0}  # as the server reported them
+        self._lock = threading.Lock()
 
     @classmethod
     def from_env(cls, base_url: str, model: str, key_env: str, **kw) -> "ChatClient":
@@ -99,7 +102,10 @@ class ChatClient:
             raise APIError(f"POST {self.base_url}/chat/completions: no choices in the reply {str(reply)[:200]!r}")
         msg["content"] = msg.get("content") or ""
         msg["finish_reason"] = choice.get("finish_reason")
-        msg["usage"] = reply.get("usage", {})
+        msg["usage"] = reply.get("usage") or {}
+        with self._lock:
+            for k in self.usage:
+                self.usage[k] += int(msg["usage"].get(k) or 0)
         return msg
 
 

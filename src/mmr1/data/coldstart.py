@@ -140,6 +140,11 @@ class ApiTeacher:
         self.mllm, self.reasoner = mllm, reasoner
         self.params = {"max_tokens": max_tokens, "temperature": temperature}
 
+    def usage(self) -> dict:
+        """Tokens and requests the teachers reported in this run (a resumed run counts its own part)."""
+        return {name: {**c.usage, "requests": c.requests} for name, c in (("mllm", self.mllm),
+                                                                         ("reasoner", self.reasoner))}
+
     def _ask_mllm(self, sample: Sample, text: str) -> str:
         parts = [image_part(im) for im in sample.load_images()] + [{"type": "text", "text": text}]
         return self.mllm.chat([{"role": "user", "content": parts}], **self.params)["content"]
@@ -317,6 +322,8 @@ def build_coldstart(samples: list[Sample], teacher, out: str | Path, *, checker:
         with progress_bar("coldstart", len(todo), enabled=progress) as advance:
             _run(todo, pool, concurrency, teacher, checker, image_dir, fo, fs, ledger, failed, advance)
     stats = statistics(ledger, [s.id for s in samples], failed, time.time() - t0)
+    if hasattr(teacher, "usage"):
+        stats["teacher_usage_this_run"] = teacher.usage()
     out.with_name(out.name + ".stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     return stats
 
