@@ -544,23 +544,10 @@ class AgentLoop:
                     finish[r] = "length"
                 elif forced[r] is not None and len(tokens[r]) >= len(forced[r]):
                     finish[r] = "stop"  # the script's turn is over
-            keep = [i for i, r in enumerate(live) if finish[r] is None]
-            if not keep:
+            step = eng.decode_step(live, picked, finish, attn, next_pos, cache)
+            if step is None:
                 break
-            feed = torch.tensor([picked[i] if finish[r] is None else eng.pad_id for i, r in enumerate(live)],
-                                device=self.device)
-            if len(live) - len(keep) >= max(1, len(live) // 4):
-                idx = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(idx)
-                attn, next_pos, feed = attn[idx], next_pos[idx], feed[idx]
-                live = [live[i] for i in keep]
-            attn = torch.cat([attn, attn.new_ones(len(live), 1)], dim=1)
-            pos = next_pos.view(1, -1, 1).expand(3, -1, 1)
-            out = self.hf.model(input_ids=feed[:, None], attention_mask=attn, position_ids=pos,
-                                past_key_values=cache, use_cache=True, return_dict=True)
-            cache = out.past_key_values
-            logits = self.hf.lm_head(out.last_hidden_state[:, -1]).float()
-            next_pos = next_pos + 1
+            live, attn, next_pos, cache, logits = step
             self.stats.decode_steps += 1
         return list(zip(tokens, lps, finish))
 

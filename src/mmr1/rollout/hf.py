@@ -145,26 +145,33 @@ class HFEngine:
                     finish[r] = "stop_string"
                 elif len(tokens[r]) >= limit[r]:
                     finish[r] = "length"
-            keep = [i for i, r in enumerate(live) if finish[r] is None]
-            if not keep:
+            step = self.decode_step(live, picked, finish, attn, next_pos, cache)
+            if step is None:
                 break
-            feed = torch.tensor([picked[i] if finish[r] is None else self.pad_id for i, r in enumerate(live)],
-                                device=self.device)
-            if len(live) - len(keep) >= max(1, len(live) // 4):  # drop finished rows from the batch
-                idx = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(idx)
-                attn, next_pos, feed = attn[idx], next_pos[idx], feed[idx]
-                live = [live[i] for i in keep]
-            attn = torch.cat([attn, attn.new_ones(len(live), 1)], dim=1)
-            pos = next_pos.view(1, -1, 1).expand(3, -1, 1)
-            out = self.hf.model(input_ids=feed[:, None], attention_mask=attn, position_ids=pos,
-                                past_key_values=cache, use_cache=True, return_dict=True)
-            cache = out.past_key_values
-            logits = self.hf.lm_head(out.last_hidden_state[:, -1]).float()
-            next_pos = next_pos + 1
-            self.stats.decode_steps += 1
+            live, attn, next_pos, cache, logits = step
         done = [self._completion(tokens[r], lps[r], finish[r], stop) for r in range(R)]
         return [done[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def decode_step(self, live: list[int], picked: list[int], finish: list, attn, next_pos, cache):
+        """Feed every live row its picked token (a pad once finished) and return the next logits, as
+        (live, attn, next_pos, cache, logits); None when every row has finished. Finished rows leave the
+        batch once they are a quarter of it, so long tails decode few rows."""
+        keep = [i for i, r in enumerate(live) if finish[r] is None]
+        if not keep:
+            return None
+        feed = torch.tensor([picked[i] if finish[r] is None else self.pad_id for i, r in enumerate(live)],
+                            device=self.device)
+        if len(live) - len(keep) >= max(1, len(live) // 4):
+            idx = torch.tensor(keep, device=self.device)
+            cache.batch_select_indices(idx)
+            attn, next_pos, feed = attn[idx], next_pos[idx], feed[idx]
+            live = [live[i] for i in keep]
+        attn = torch.cat([attn, attn.new_ones(len(live), 1)], dim=1)
+        pos = next_pos.view(1, -1, 1).expand(3, -1, 1)
+        out = self.hf.model(input_ids=feed[:, None], attention_mask=attn, position_ids=pos,
+                            past_key_values=cache, use_cache=True, return_dict=True)
+        self.stats.decode_steps += 1
+        return live, attn, next_pos + 1, out.past_key_values, self.hf.lm_head(out.last_hidden_state[:, -1]).float()
 
     def _pick(self, logits, temperature, top_p, do_sample, u, ban_end=None):
         """Next token and its log-prob (full vocabulary, before any masking).
