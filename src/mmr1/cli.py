@@ -44,6 +44,7 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
 
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its which-CPU-build messages
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
@@ -105,6 +106,28 @@ def cmd_data_coldstart(a) -> int:
     if errors:
         print(f"{len(errors)} bad input records skipped (data.on_error=skip)")
     return 1 if stats["failed"] else 0
+
+
+def cmd_search_build_index(a) -> int:
+    from .tools.index import build_index, build_index_from_jsonl
+    from .tools.embedders import make_embedder
+
+    t = time.time()
+    kw = dict(on_error=a.on_error, overwrite=a.overwrite, chunk_size=a.chunk_size)
+    if a.corpus.startswith("world:"):  # a synthetic world's corpus, e.g. world:entities
+        from .data.worlds import entities
+
+        if a.corpus != "world:entities":
+            raise DataError(f"{a.corpus}: only world:entities has a search corpus")
+        report = build_index(entities.corpus(seed=a.seed), a.out, make_embedder(a.embedder), source=a.corpus, **kw)
+    else:
+        report = build_index_from_jsonl(a.corpus, a.out, a.embedder, **kw)
+    print(f"indexed {report.records} records ({report.images} with images, {report.skipped} skipped, "
+          f"{report.reused_chunks} chunks reused, dense text: {report.dense_text}) into {a.out} in "
+          f"{time.time() - t:.1f}s")
+    for reason in report.skip_reasons[:10]:
+        print(f"skipped: {reason}")
+    return 0
 
 
 def _job(a):
@@ -300,6 +323,26 @@ def build_parser() -> argparse.ArgumentParser:
                          "coldstart.teacher=api coldstart.base_url=http://127.0.0.1:8000/v1)")
     cs.add_argument("--out", required=True, help="output .jsonl path (images go to OUT_images/)")
     cs.set_defaults(fn=cmd_data_coldstart)
+
+    se = sub.add_parser("search", help="search tools: build a local multimodal index")
+    ssub = se.add_subparsers(dest="search_command", required=True, metavar="ACTION")
+    bi = ssub.add_parser("build-index", help="build a local image + text search index over a corpus",
+                         description="Index a corpus of {id, image, title, text} records (JSONL; images as paths "
+                                     "relative to the file, or world:entities for the synthetic entity world): "
+                                     "FAISS over image embeddings, BM25 over page text, dense text vectors when "
+                                     "the embedder has a text side. Built in OUT.partial/ and renamed when done; "
+                                     "a rerun reuses finished chunks.")
+    bi.add_argument("corpus", help="corpus JSONL, or world:entities")
+    bi.add_argument("out", help="index directory")
+    bi.add_argument("--embedder", default="builtin",
+                    help="builtin (no weights: colour-grid image descriptor + hashed words) or a local "
+                         "CLIP/SigLIP checkpoint directory (default: builtin)")
+    bi.add_argument("--on-error", default="raise", choices=["raise", "skip"],
+                    help="a bad record stops the build (raise) or is skipped and counted (skip)")
+    bi.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    bi.add_argument("--chunk-size", type=int, default=256, help="records embedded per saved chunk (default: 256)")
+    bi.add_argument("--seed", type=int, default=0, help="world:entities: the world's seed (default: 0)")
+    bi.set_defaults(fn=cmd_search_build_index)
 
     for name, fn, what in (("sft", cmd_sft, "supervised fine-tuning (cold-start / activation data)"),
                            ("grpo", cmd_grpo, "GRPO reinforcement learning with verifiable rewards"),

@@ -3,6 +3,7 @@
 `counting` is the CLEVR-counting analogue and `reasoning` the GeoQA analogue (OThink-MR1's
 two task types). The same (world, split, n, seed, params) always gives the same samples and
 pixel-identical images; sample i does not depend on n, and splits are disjoint by layout.
+`entities` (MMSearch-R1's FVQA analogue) builds its own samples: see `entities.py`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Callable, NamedTuple
 
 from ...errors import ConfigError
 from ..schema import Sample, assistant_turn, user_turn
-from . import counting, reasoning
+from . import counting, entities, reasoning
 from .scenes import COLOURS, R1V_INSTRUCTION, SHAPES, SPLIT_BUCKETS, Params, render, split_of
 
 __all__ = ["WORLDS", "World", "make_world", "teacher_solution", "world_names", "majority_baseline", "describe",
@@ -38,8 +39,12 @@ WORLDS: dict[str, World] = {
 }
 
 
+# Worlds that build their own samples (own params, splits and multi-turn teacher): make_world(name, ...) is theirs.
+BUILDERS: dict[str, Callable] = {"entities": entities.make_world}
+
+
 def world_names() -> list[str]:
-    return sorted(WORLDS)
+    return sorted([*WORLDS, *BUILDERS])
 
 
 def _world(name: str) -> World:
@@ -64,6 +69,8 @@ def make_world(name: str, split: str = "train", n: int = 1000, seed: int = 0, wi
     Each sample's random stream is seeded from (name, split, seed, index) alone, so the first k
     samples are the same whatever n is; scenes whose layout hashes to another split are redrawn.
     """
+    if name in BUILDERS:
+        return BUILDERS[name](split=split, n=n, seed=seed, with_solution=with_solution, style=style, **params)
     world = _world(name)
     if split not in SPLIT_BUCKETS:
         raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_BUCKETS)}")
@@ -138,7 +145,7 @@ def describe(samples: list[Sample]) -> dict[str, int]:
 def corpus_text(n: int = 8, seed: int = 0) -> str:
     """Prompts and teacher solutions of every world, for `build_tokenizer(extra_text=...)` to learn their words."""
     lines = []
-    for name in world_names():
+    for name in sorted(WORLDS):  # the grid worlds: the tiny tokenizer's corpus stays as it was
         for style in STYLES:
             for s in make_world(name, "train", n, seed, with_solution=True, style=style):
                 lines += [s.question_text(), s.target()]
