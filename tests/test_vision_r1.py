@@ -92,3 +92,6 @@ def test_experiment_end_to_end_and_resume(tmp_path, monkeypatch):
     again = vr.run_vision_r1(CPU, out=str(out), seeds=[0], overrides=TINY)
     assert again["table"] == s["table"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("result.json")} == before
+    # other settings in the same directory are refused, not mixed with the finished stages
+    with pytest.raises(ConfigError, match="finished with other settings"):
+        vr.run_vision_r1(CPU, out=str(out), seeds=[0], overrides=[*TINY, "rl.lr=1e-4"])

@@ -3,6 +3,7 @@ the recipe, stages that run once and are skipped by a rerun, and mean ± std ove
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import time
@@ -43,16 +44,31 @@ def check_experiment(cfg: Config, section: str, allowed: tuple[str, ...]) -> Non
                           f"model.path, or set {section}.base_sft_steps > 0 to SFT a tiny base model first")
 
 
-def run_stage(stage_dir: Path, work: Callable[[RunDir], dict], tensorboard: bool = True) -> dict:
-    """`work(run) -> result` once: the result lands in STAGE/result.json, and a rerun finds it and skips the
-    stage. A stage stopped before that restarts, resuming its training from its own checkpoints."""
+def fingerprint(cfg: Config, section: str) -> str:
+    """A hash of every setting but logging and the seed list: a finished stage is only reused by the same
+    experiment (more seeds may be added later)."""
+    d = to_dict(cfg)
+    d.pop("logging")
+    d[section] = {k: v for k, v in d[section].items() if k != "seeds"}
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_stage(stage_dir: Path, work: Callable[[RunDir], dict], tensorboard: bool = True,
+              settings: str | None = None) -> dict:
+    """`work(run) -> result` once: the result lands in STAGE/result.json, and a rerun with the same `settings`
+    (a `fingerprint`) finds it and skips the stage; other settings are refused rather than mixed in. A stage
+    stopped before its result restarts, resuming its training from its own checkpoints."""
     done = Path(stage_dir) / "result.json"
     if done.exists():
-        return json.loads(done.read_text())
+        result = json.loads(done.read_text())
+        if settings is not None and result.get("settings") != settings:
+            raise ConfigError(f"{stage_dir} was finished with other settings; give another --out, or delete that "
+                              "directory to redo it with these")
+        return result
     t = time.time()
     run = RunDir(stage_dir, tensorboard=tensorboard)
     try:
-        result = {**work(run), "seconds": round(time.time() - t, 1)}
+        result = {**work(run), "seconds": round(time.time() - t, 1), "settings": settings}
     finally:
         run.close()
     done.write_text(json.dumps(result, indent=1) + "\n")

@@ -27,7 +27,7 @@ from .build import build_model, build_samples
 from .config import Config, OThinkTask, build_section, load_config
 from .errors import ConfigError
 from .eval.evaluate import evaluate
-from .experiment import check_experiment, derive_config, mean_std, run_stage
+from .experiment import check_experiment, derive_config, fingerprint, mean_std, run_stage
 from .plots import write_line_charts
 from .train.grpo import fit
 from .train.sft import train_sft
@@ -75,6 +75,7 @@ class Experiment:
         self.cfg, self.out = cfg, Path(out)
         self.tasks = parse_tasks(cfg)
         self.progress = cfg.logging.progress
+        self.settings = fingerprint(cfg, "othink")
         self._tests: dict = {}
 
     # ------------------------------------------------------------------ stages
@@ -96,7 +97,7 @@ class Experiment:
         def full(run):
             lm, extra, seed = work(run)
             return {"evals": self._evaluate(lm, seed, stage_dir), **extra}
-        return run_stage(stage_dir, full, self.cfg.logging.tensorboard)
+        return run_stage(stage_dir, full, self.cfg.logging.tensorboard, self.settings)
 
     def base(self, seed: int) -> tuple[str, dict]:
         """The base model's path and its evaluation."""

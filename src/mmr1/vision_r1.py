@@ -30,7 +30,7 @@ from .data.loaders import load_samples
 from .data.schema import assistant_turn
 from .errors import ConfigError
 from .eval.evaluate import evaluate
-from .experiment import check_experiment, derive_config, fmt_mean_std, run_stage
+from .experiment import check_experiment, derive_config, fingerprint, fmt_mean_std, run_stage
 from .train.grpo import fit, mean_first_last
 from .train.sft import train_sft
 from .ui import print_table
@@ -56,6 +56,7 @@ class VisionR1Experiment:
         self.longest = max(st.max_new_tokens for st in self.stages)
         self.total_steps = sum(st.steps for st in self.stages)
         self.progress = cfg.logging.progress
+        self.settings = fingerprint(cfg, "vision_r1")
         self._tests: dict = {}
 
     def _eval(self, lm, seed: int, out_dir: Path, system_prompt: str | None, max_new_tokens: int) -> dict:
@@ -69,7 +70,7 @@ class VisionR1Experiment:
         return {k: m[k] for k in ("accuracy", "format_rate", "mean_tokens", "truncation_rate", "n")}
 
     def _stage(self, stage_dir: Path, work) -> dict:
-        return run_stage(stage_dir, work, self.cfg.logging.tensorboard)
+        return run_stage(stage_dir, work, self.cfg.logging.tensorboard, self.settings)
 
     # ------------------------------------------------------------------ the pieces
 
