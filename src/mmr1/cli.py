@@ -254,6 +254,15 @@ def cmd_vision_r1(a) -> int:
     return 0
 
 
+def cmd_mmsearch(a) -> int:
+    from .mmsearch import run_mmsearch
+
+    path, overrides = _split_config_args(a.args)
+    summary = run_mmsearch(path or _resolve_recipe("mmsearch_r1_cpu"), out=a.out, seeds=a.seeds, overrides=overrides)
+    print(f"results in {summary['out']}: results.md, results.json ({summary['seconds']:.0f} s)")
+    return 0
+
+
 def cmd_config(a) -> int:
     import yaml
 
@@ -379,7 +388,16 @@ def build_parser() -> argparse.ArgumentParser:
          "data coldstart) and its SFT (CI), CI + PTST with the hard formatting result reward (vision_r1.stages, "
          "each continuing from the last), and CI + RL at the longest length without PTST. Writes "
          "OUT/results.json and OUT/results.md (accuracy and mean output length, mean ± std). Default recipe: "
-         "vision_r1_cpu (tiny model, synthetic reasoning world, CPU); the paper's settings: vision_r1.")):
+         "vision_r1_cpu (tiny model, synthetic reasoning world, CPU); the paper's settings: vision_r1."),
+        ("mmsearch", cmd_mmsearch, "mmsearch", "MMSearch-R1 experiment: warm-up SFT, RL without and with the search "
+         "penalty, always- and never-search baselines",
+         "Per seed: the entity world and its local search index (tool results cached on disk), warm-up SFT on "
+         "direct and image-search teacher trajectories, agent GRPO (multi-turn rollouts with image and text "
+         "search) without and with the search penalty; greedy multi-turn evaluation of the warm-up model, both RL "
+         "models, always search (RAG-style) and never search. Writes OUT/results.json and OUT/results.md "
+         "(accuracy and search ratio on familiar vs unfamiliar entities, mean ± std). Default recipe: "
+         "mmsearch_r1_cpu (tiny Qwen2.5-VL, CPU); the paper's settings: mmsearch_r1 (give model.path and "
+         "the data and index paths).")):
         e = sub.add_parser(name, help=what, description=desc + " Rerunning the same command resumes. Put "
                            "key=value overrides before --out/--seeds.")
         e.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",

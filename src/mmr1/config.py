@@ -241,6 +241,67 @@ class OThinkConfig:
 
 
 @dataclass
+class AgentRolloutConfig:
+    """Multi-turn agent rollouts (MMSearch-R1, METHODS §4.1): rounds, budgets and per-tool limits."""
+    max_rounds: int = _f(3, "assistant turns per trajectory (MMSearch-R1 max_gen_round)", min=1)
+    max_turn_tokens: int = _f(2048, "sampled tokens per assistant turn", min=1)
+    max_total_tokens: int = _f(8192, "all tokens after the prompt, sampled and injected (tool results, images)",
+                               min=1)
+    image_search_limit: int = _f(1, "image searches per trajectory", min=0)
+    text_search_limit: int = _f(2, "text searches per trajectory", min=0)
+    image_search_rounds: list = _f([1], "rounds in which image search is allowed (MMSearch-R1: round 1 only; "
+                                        "empty: any round)")
+    tool_timeout_s: float = _f(30.0, "seconds per tool call before it counts as timed out", min=0.001)
+    tool_threads: int = _f(16, "tool calls run concurrently", min=1)
+    mini_batches: int = _f(1, "optimizer steps per rollout batch: the batch is split into this many mini-batches "
+                              "of whole groups (verl: prompts per step / ppo_mini_batch_size)", min=1)
+
+
+@dataclass
+class SearchConfig:
+    """Search tools and MMSearch-R1's reward (METHODS §4.3, §4.5)."""
+    backend: Literal["local", "web"] = _f("local", "local: an index built with `mmr1 search build-index`; web: "
+                                                   "SerpApi + page reader (keys from SERPAPI_API_KEY, JINA_API_KEY)")
+    index: str = _f("", "local index directory; empty with world:entities data: the world's corpus is indexed "
+                        "into the run directory")
+    embedder: str = _f("builtin", "embedder for building the entity world's index: builtin (no weights) or a "
+                                  "local CLIP/SigLIP checkpoint directory")
+    top_k: int = _f(5, "results per search", min=1)
+    image_results: Literal["titles", "pages"] = _f(
+        "titles", "what an image search returns per hit: titles (the paper: thumbnail + title) or pages "
+                  "(thumbnail, title and page text, the entity world's teacher format)")
+    thumb_size: Optional[int] = _f(None, "longest side of result thumbnails in pixels (null: as stored)", min=8)
+    text_mode: Literal["bm25", "dense", "hybrid"] = _f("bm25", "local text search ranking")
+    max_chars: int = _f(1000, "characters kept of each text-search page", min=1)
+    cache: bool = _f(True, "keep tool results on disk (a resumed or repeated run replays them)")
+    cache_dir: str = _f("", "tool cache directory (empty: beside the index, shared by every stage of a seed)")
+    reward_variant: Literal["v2", "v1"] = _f("v2", "v2: the penalty multiplies correct answers that searched "
+                                                   "(released code); v1: subtracted whenever a search was used")
+    reward_mode: Literal["EM", "SubEM"] = _f("EM", "answer match after normalisation: exact or substring")
+    penalty: float = _f(0.1, "search penalty p", min=0.0, max=1.0)
+    penalty_warmup_steps: int = _f(0, "ramp the penalty from -p (a bonus) to +p over this many RL steps "
+                                      "(0: +p throughout)", min=0)
+    per_search_penalty: bool = _f(False, "v2: apply the penalty once per search instead of once")
+    format_penalty: float = _f(0.1, "format weight alpha: reward = (1 - alpha) * score + alpha * format",
+                               min=0.0, max=1.0)
+
+
+@dataclass
+class MMSearchConfig:
+    seeds: list = _f([0], "seeds; every model is trained and evaluated once per seed")
+    methods: list = _f(["warmup", "rl", "rl_penalty", "always_search", "never_search"],
+                       "rows of the table: warmup (the warm-up SFT model), rl (RL without the search penalty), "
+                       "rl_penalty (RL with search.penalty), always_search (image search results always injected "
+                       "before answering, RAG-style), never_search (one round, no tools)")
+    warmup_steps: int = _f(0, "warm-up SFT steps on direct and search teacher trajectories (entity world); 0: "
+                              "model.path is the start of RL", min=0)
+    warmup_size: int = _f(0, "warm-up SFT samples (0: as many as the world gives)", min=0)
+    warmup_search_share: float = _f(0.0, "share of search trajectories in the warm-up mix, each pool drawn (and "
+                                         "repeated when short) to its count; 0: as the world gives them",
+                                    min=0.0, max=1.0)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -254,6 +315,9 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     coldstart: ColdstartConfig = field(default_factory=ColdstartConfig)
     vision_r1: VisionR1Config = field(default_factory=VisionR1Config)
+    agent: AgentRolloutConfig = field(default_factory=AgentRolloutConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    mmsearch: MMSearchConfig = field(default_factory=MMSearchConfig)
 
 
 # ----------------------------------------------------------------------------- building and checking
