@@ -23,7 +23,6 @@ the tool calls of a step the interruption cut short are replayed from disk.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -37,11 +36,10 @@ from ..data.encode import to_device, with_system
 from ..models.forward import completion_logprobs
 from ..rewards.search import SearchReward
 from ..rollout.agent import AgentConfig, AgentLoop, Trajectory, build_agent_batch
-from .checkpoint import Checkpointer, StopOnSignal, seed_everything
-from .grpo import HISTORIES, PromptSampler, Reference, RLResult, StepOutput, _generator
+from .checkpoint import seed_everything
+from .grpo import HISTORIES, PromptSampler, Reference, RLResult, StepOutput, _generator, rl_loop
 from .run_dir import RunDir
 from .schedule import lr_multiplier
-from .sft import save_final
 
 log = logging.getLogger("mmr1")
 
@@ -316,56 +314,17 @@ def fit_agent(cfg: Config, lm, train_samples: list, tools: Sequence, run: RunDir
 
     Resumes from the latest checkpoint in RUN/checkpoints (trainer.resume); Ctrl-C checkpoints and stops.
     """
-    from ..ui import progress_bar
-
     t_start = time.time()
-    rc, tc = cfg.rl, cfg.trainer
-    seed_everything(tc.seed)
+    seed_everything(cfg.trainer.seed)
     save_config(cfg, run.path / "config.yaml")
-    model = lm.model
     runner = AgentGRPOStep(cfg, lm, train_samples, tools, ref_path, reward, script)
-    opt, sched = runner.opt, runner.sched
-    ckpt = Checkpointer(run.path / "checkpoints", keep=tc.keep_checkpoints)
-    step, result = 0, AgentRLResult(0, 0.0)
-    latest = ckpt.latest() if tc.resume else None
-    if latest is not None:
-        state = Checkpointer.load(latest, model, opt, sched)
-        step = state["step"]
-        for name in AGENT_HISTORIES:
-            setattr(result, name, state.get(name, []))
-        log.info("resumed agent RL from %s (step %d)", latest, step)
 
-    def save(at: int):
-        return ckpt.save(at, model, opt, sched, {name: getattr(result, name) for name in AGENT_HISTORIES})
+    def record(result, m):
+        result.search_ratio_history.append(m["search_ratio"])
+        result.format_history.append(m["format_rate"])
 
-    try:
-        with StopOnSignal() as stop, progress_bar("agent-grpo", rc.steps, enabled=progress) as advance:
-            advance(step)
-            while step < rc.steps:
-                m = runner.run(step).metrics
-                step += 1
-                result.reward_history.append(m["reward/mean"])
-                result.accuracy_history.append(m["accuracy"])
-                result.beta_history.append(m["beta"])
-                result.kl_history.append(m.get("kl", math.nan))
-                result.search_ratio_history.append(m["search_ratio"])
-                result.format_history.append(m["format_rate"])
-                advance(1)
-                if step % cfg.logging.log_every == 0 or step == rc.steps or step == 1:
-                    run.log_metrics(step, m, prefix="rl/")
-                if tc.save_every and step % tc.save_every == 0 and step < rc.steps:
-                    save(step)
-                if stop.hit:
-                    path = save(step)
-                    log.info("interrupted at agent RL step %d; checkpoint %s", step, path)
-                    raise KeyboardInterrupt(f"interrupted at step {step}; rerun the same command to resume")
-    finally:
-        runner.close()
-    save(step)
-    result.steps = step
-    result.final_dir = save_final(lm, run.path / "final")
-    result.seconds = time.time() - t_start
-    return result
+    return rl_loop(cfg, lm, runner, run, AgentRLResult(0, 0.0), AGENT_HISTORIES, t_start, progress=progress,
+                   name="agent-grpo", record=record)
 
 
 __all__ = ["AgentGRPOStep", "AgentRLResult", "agent_config", "agent_loss", "build_search_reward", "fit_agent",

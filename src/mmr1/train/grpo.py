@@ -238,51 +238,64 @@ class GRPOStep:
 def fit(cfg: Config, lm, train_samples: list, run: RunDir, eval_fn=None, progress: bool = True,
         ref_path=None) -> RLResult:
     """GRPO on `lm.model` in place; writes RUN/checkpoints, RUN/final and per-step metrics."""
+    t_start = time.time()
+    seed_everything(cfg.trainer.seed)
+    save_config(cfg, run.path / "config.yaml")
+    runner = GRPOStep(cfg, lm, train_samples, ref_path)
+    return rl_loop(cfg, lm, runner, run, RLResult(0, 0.0), HISTORIES, t_start, progress=progress, eval_fn=eval_fn)
+
+
+def rl_loop(cfg: Config, lm, runner, run: RunDir, result, histories: tuple[str, ...], t_start: float, *,
+            progress: bool = True, eval_fn=None, name: str = "grpo", record=None):
+    """Run `runner.run(step)` until rl.steps, shared by every RL loop: resume from RUN/checkpoints, per-step
+    histories (`record(result, metrics)` adds a loop's own), metrics, periodic checkpoints and evaluation,
+    a checkpoint on Ctrl-C, then RUN/final."""
     from ..ui import progress_bar
 
-    t_start = time.time()
-    rc, tc = cfg.rl, cfg.trainer
-    seed_everything(tc.seed)
-    save_config(cfg, run.path / "config.yaml")
-    model = lm.model
-    runner = GRPOStep(cfg, lm, train_samples, ref_path)
+    rc, tc, model = cfg.rl, cfg.trainer, lm.model
     opt, sched = runner.opt, runner.sched
     ckpt = Checkpointer(run.path / "checkpoints", keep=tc.keep_checkpoints)
-    step, result = 0, RLResult(0, 0.0)
+    step = 0
     latest = ckpt.latest() if tc.resume else None
     if latest is not None:
         state = Checkpointer.load(latest, model, opt, sched)
         step = state["step"]
-        for name in HISTORIES:
-            setattr(result, name, state.get(name, []))
-        log.info("resumed RL from %s (step %d)", latest, step)
+        for h in histories:
+            setattr(result, h, state.get(h, []))
+        log.info("resumed %s from %s (step %d)", name, latest, step)
 
     def save(at: int):
-        return ckpt.save(at, model, opt, sched, {name: getattr(result, name) for name in HISTORIES})
+        return ckpt.save(at, model, opt, sched, {h: getattr(result, h) for h in histories})
 
-    with StopOnSignal() as stop, progress_bar("grpo", rc.steps, enabled=progress) as advance:
-        advance(step)
-        while step < rc.steps:
-            out = runner.run(step)
-            m = out.metrics
-            step += 1
-            result.reward_history.append(m["reward/mean"])
-            result.accuracy_history.append(m["accuracy"])
-            result.beta_history.append(m["beta"])
-            result.kl_history.append(m.get("kl", math.nan))
-            result.reward_errors += out.reward_errors
-            advance(1)
-            if step % cfg.logging.log_every == 0 or step == rc.steps or step == 1:
-                run.log_metrics(step, m, prefix="rl/")
-            if tc.save_every and step % tc.save_every == 0 and step < rc.steps:
-                save(step)
-            if eval_fn is not None and tc.eval_every and step % tc.eval_every == 0 and step < rc.steps:
-                run.log_metrics(step, {k: v for k, v in eval_fn(step).items() if isinstance(v, (int, float))},
-                                prefix="eval/")
-            if stop.hit:
-                path = save(step)
-                log.info("interrupted at RL step %d; checkpoint %s", step, path)
-                raise KeyboardInterrupt(f"interrupted at step {step}; rerun the same command to resume")
+    try:
+        with StopOnSignal() as stop, progress_bar(name, rc.steps, enabled=progress) as advance:
+            advance(step)
+            while step < rc.steps:
+                out = runner.run(step)
+                m = out.metrics
+                step += 1
+                result.reward_history.append(m["reward/mean"])
+                result.accuracy_history.append(m["accuracy"])
+                result.beta_history.append(m["beta"])
+                result.kl_history.append(m.get("kl", math.nan))
+                if record is not None:
+                    record(result, m)
+                result.reward_errors += out.reward_errors
+                advance(1)
+                if step % cfg.logging.log_every == 0 or step == rc.steps or step == 1:
+                    run.log_metrics(step, m, prefix="rl/")
+                if tc.save_every and step % tc.save_every == 0 and step < rc.steps:
+                    save(step)
+                if eval_fn is not None and tc.eval_every and step % tc.eval_every == 0 and step < rc.steps:
+                    run.log_metrics(step, {k: v for k, v in eval_fn(step).items() if isinstance(v, (int, float))},
+                                    prefix="eval/")
+                if stop.hit:
+                    path = save(step)
+                    log.info("interrupted at %s step %d; checkpoint %s", name, step, path)
+                    raise KeyboardInterrupt(f"interrupted at step {step}; rerun the same command to resume")
+    finally:
+        if hasattr(runner, "close"):
+            runner.close()
     save(step)
     result.steps = step
     result.final_dir = save_final(lm, run.path / "final")
