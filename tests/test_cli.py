@@ -79,3 +79,15 @@ def test_grpo_command_runs(tmp_path, capsys):
     assert [r["step"] for r in steps] == [1, 2]
     assert {"rl/kl", "rl/time/rollout", "rl/completion_len/mean"} <= set(steps[0])
     assert (tmp_path / "rl" / "final" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("cmd, override, message", [
+    ("othink", "othink.tasks={}", "othink.tasks is empty"),
+    ("vision-r1", "vision_r1.stages=[]", "vision_r1.stages is empty"),
+    ("mmsearch", "mmsearch.methods=[warmup,dpo]", "mmsearch.methods: unknown"),
+])
+def test_experiment_commands_check_their_settings_first(cmd, override, message, capsys, tmp_path):
+    from mmr1.cli import main
+
+    assert main([cmd, override, "--out", str(tmp_path / "x")]) == 2
+    assert message in capsys.readouterr().err

@@ -214,15 +214,6 @@ def cmd_quickstart(a) -> int:
     return 0
 
 
-def cmd_othink(a) -> int:
-    from .othink import run_othink
-
-    path, overrides = _split_config_args(a.args)
-    summary = run_othink(path or _resolve_recipe("othink_mr1_cpu"), out=a.out, seeds=a.seeds, overrides=overrides)
-    print(f"results in {summary['out']}: results.md, results.json, curves.svg ({summary['seconds']:.0f} s)")
-    return 0
-
-
 def cmd_serve(a) -> int:
     from . import dist
     from .models import load_model
@@ -245,22 +236,22 @@ def cmd_serve(a) -> int:
     return 0
 
 
-def cmd_vision_r1(a) -> int:
-    from .vision_r1 import run_vision_r1
+def _experiment(module: str, default_recipe: str, outputs: str):
+    """`mmr1 othink` / `vision-r1` / `mmsearch`: run_<module>(recipe, out, seeds, overrides) from mmr1.<module>."""
+    def cmd(a) -> int:
+        import importlib
 
-    path, overrides = _split_config_args(a.args)
-    summary = run_vision_r1(path or _resolve_recipe("vision_r1_cpu"), out=a.out, seeds=a.seeds, overrides=overrides)
-    print(f"results in {summary['out']}: results.md, results.json ({summary['seconds']:.0f} s)")
-    return 0
+        run = getattr(importlib.import_module(f"mmr1.{module}"), f"run_{module}")
+        path, overrides = _split_config_args(a.args)
+        summary = run(path or _resolve_recipe(default_recipe), out=a.out, seeds=a.seeds, overrides=overrides)
+        print(f"results in {summary['out']}: {outputs} ({summary['seconds']:.0f} s)")
+        return 0
+    return cmd
 
 
-def cmd_mmsearch(a) -> int:
-    from .mmsearch import run_mmsearch
-
-    path, overrides = _split_config_args(a.args)
-    summary = run_mmsearch(path or _resolve_recipe("mmsearch_r1_cpu"), out=a.out, seeds=a.seeds, overrides=overrides)
-    print(f"results in {summary['out']}: results.md, results.json ({summary['seconds']:.0f} s)")
-    return 0
+cmd_othink = _experiment("othink", "othink_mr1_cpu", "results.md, results.json, curves.svg")
+cmd_vision_r1 = _experiment("vision_r1", "vision_r1_cpu", "results.md, results.json")
+cmd_mmsearch = _experiment("mmsearch", "mmsearch_r1_cpu", "results.md, results.json")
 
 
 def cmd_config(a) -> int:
