@@ -162,6 +162,8 @@ def test_parse_action():
     assert parse_action("<answer>x</answer> trailing") == Action("none")
     assert parse_action("no open tag</answer>") == Action("none")
     assert parse_action("") == Action("none")
+    # the paper's image search is <search><img></search> only, as the reward counts it
+    assert parse_action("<reason>x</reason><search>the Eiffel tower</search>") == Action("none")
 
 
 def test_tool_runner_errors_timeouts_and_concurrency():

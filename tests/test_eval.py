@@ -29,6 +29,10 @@ def test_evaluate_skips_bad_images_when_asked(tiny_dirs, tmp_path):
                  source="x.jsonl:2")
     m = evaluate(lm, [good, bad], max_new_tokens=4, show_progress=False, on_error="skip")
     assert m["n"] == 1 and m["skipped_records"] == 1
+    # records the loader already skipped count too, in the returned metrics and in metrics.json
+    m = evaluate(lm, [good, bad], max_new_tokens=4, show_progress=False, on_error="skip", skipped=2,
+                 out_dir=tmp_path / "ev")
+    assert m["skipped_records"] == 3 == json.loads((tmp_path / "ev" / "metrics.json").read_text())["skipped_records"]
     import pytest
 
     from mmr1.errors import DataError

@@ -35,7 +35,7 @@ def rows_to_retry(texts: list[str], attempts: list[int], max_attempts: int) -> l
 def evaluate(lm, samples: list[Sample], *, max_new_tokens: int, batch_size: int = 32, checker: str = "auto",
              system_prompt: str | None = None, out_dir: str | Path | None = None, show_progress: bool = True,
              on_error: str = "raise", temperature: float = 0.0, top_p: float = 1.0,
-             retries_missing_answer: int = 0, seed: int = 0) -> dict:
+             retries_missing_answer: int = 0, seed: int = 0, skipped: int = 0) -> dict:
     """Score one completion per sample; writes predictions.jsonl and metrics.json into out_dir when given.
 
     temperature 0 is greedy. temperature > 0 samples (top_p, a generator seeded with `seed`: reproducible
@@ -103,7 +103,7 @@ def evaluate(lm, samples: list[Sample], *, max_new_tokens: int, batch_size: int 
         "format_rate": sum(r["formatted"] for r in rows) / n,
         "mean_tokens": sum(r["tokens"] for r in rows) / n,
         "truncation_rate": sum(r["finish_reason"] == "length" for r in rows) / n,
-        "skipped_records": bad,
+        "skipped_records": bad + skipped,  # here, and by the loader before (skipped)
         "retried_rows": sum(k > 1 for k in attempts),  # resampled at least once
         "missing_answer_rows": sum(missing_answer(r["prediction"]) for r in rows),  # no </answer>, after retries
         "retry_rounds": retry_rounds,

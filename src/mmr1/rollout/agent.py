@@ -52,15 +52,18 @@ from .hf import HFEngine
 
 @dataclass(frozen=True)
 class ActionTag:
-    """An action written as OPEN query CLOSE at the very end of a turn; tool None is the answer."""
+    """An action written as OPEN query CLOSE at the very end of a turn; tool None is the answer. With
+    `exact_query` set, only that query is the action (MMSearch-R1's image search is `<search><img></search>`
+    and nothing else; the reward does not count any other `<search>` as a search either)."""
 
     tool: str | None
     open: str
     close: str
+    exact_query: str | None = None
 
 
 MMSEARCH_ACTIONS = (
-    ActionTag("image_search", "<search>", "</search>"),  # MMSearch-R1 writes <search><img></search>
+    ActionTag("image_search", "<search>", "</search>", exact_query="<img>"),
     ActionTag("text_search", "<text_search>", "</text_search>"),
     ActionTag(None, "<answer>", "</answer>"),
 )
@@ -84,6 +87,8 @@ def parse_action(text: str, actions: Sequence[ActionTag] = MMSEARCH_ACTIONS) -> 
             if i < 0:
                 continue
             query = body[i + len(a.open):].strip()
+            if a.exact_query is not None and query != a.exact_query:
+                return Action("none")
             return Action("answer", None, query) if a.tool is None else Action("tool", a.tool, query)
     return Action("none")
 
