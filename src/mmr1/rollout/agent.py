@@ -43,7 +43,7 @@ import torch
 
 from ..models.forward import rope_positions, unwrap
 from ..tools import IMAGE_MARKER, Tool, ToolResult, ToolRunner, ToolStats, refusal_text
-from .batch import Prompt, encode_prompts
+from .batch import Prompt, encode_prompts, vision_batch
 from .hf import HFEngine
 
 
@@ -735,11 +735,7 @@ def build_agent_batch(lm, trajectories: Sequence[Trajectory], rewards: Sequence[
         for im in t._vision:
             pv.append(im.pixel_values)
             grids.append(im.grid)
-    batch = {"input_ids": input_ids, "attention_mask": attn, "mm_token_type_ids": mm}
-    if pv:
-        batch["pixel_values"] = torch.cat(pv)
-        batch["image_grid_thw"] = torch.stack(grids)
-    batch["position_ids"] = rope_positions(lm.model, batch)
+    batch = vision_batch(lm, input_ids, attn, mm, pv, grids)
     batch["completion_mask"] = cmask
     batch["token_mask"] = token_mask
     batch["loss_mask"] = loss_mask

@@ -88,13 +88,19 @@ def build_batch(lm, prompts: list[Prompt], completions: list, padding_side: str 
         for i in range(img_start[u], img_start[u] + img_counts[u]):
             pv.append(enc["pixel_values"][patch_start[i]:patch_start[i + 1]])
             grids.append(grid[i])
+    batch = vision_batch(lm, input_ids, attn, mm, pv, grids)
+    batch["completion_mask"] = cmask
+    batch["token_mask"] = token_mask
+    return batch
+
+
+def vision_batch(lm, input_ids, attn, mm, pv: list, grids: list) -> dict:
+    """Token rows plus every image's pixel values and grid, in order, with the model's rope positions."""
     batch = {"input_ids": input_ids, "attention_mask": attn, "mm_token_type_ids": mm}
     if pv:
         batch["pixel_values"] = torch.cat(pv)
         batch["image_grid_thw"] = torch.stack(grids)
     batch["position_ids"] = rope_positions(lm.model, batch)
-    batch["completion_mask"] = cmask
-    batch["token_mask"] = token_mask
     return batch
 
 
