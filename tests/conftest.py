@@ -27,6 +27,21 @@ def tiny_dirs(tmp_path_factory):
             for fam in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")}
 
 
+@pytest.fixture(scope="module")
+def lms(tiny_dirs):
+    """family -> that tiny model, loaded once per test module (each module may change its models)."""
+    from mmr1.models import load_model
+
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            cache[family] = load_model(tiny_dirs[family])
+        return cache[family]
+
+    return get
+
+
 def solid_image(rgb=(200, 30, 30), size=112):
     from PIL import Image
 

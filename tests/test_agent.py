@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 
 from mmr1.algos import grpo_loss
-from mmr1.models import load_model
 from mmr1.models.forward import completion_logprobs, unwrap
 from mmr1.rollout.agent import (Action, AgentConfig, AgentLoop, ObservationFormat, build_agent_batch,
                                 parse_action)
@@ -26,18 +25,6 @@ FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 IMAGE_SEARCH = "<reason>not sure what this is</reason> <search><img></search>"
 TEXT_SEARCH = "<reason>need facts</reason> <text_search>red square history</text_search>"
 ANSWER = "<reason>done</reason> <answer>red square</answer>"
-
-
-@pytest.fixture(scope="module")
-def lms(tiny_dirs):
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            cache[family] = load_model(tiny_dirs[family])
-        return cache[family]
-
-    return get
 
 
 def msgs(text, n_images):

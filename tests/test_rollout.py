@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from mmr1.models import load_model
 from mmr1.models.forward import completion_logprobs, unwrap
 from mmr1.rollout.batch import build_batch, build_grouped_batch
 from mmr1.rollout.hf import HFEngine
@@ -9,18 +8,6 @@ from mmr1.rollout.hf import HFEngine
 from .conftest import solid_image
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
-
-
-@pytest.fixture(scope="module")
-def lms(tiny_dirs):
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            cache[family] = load_model(tiny_dirs[family])
-        return cache[family]
-
-    return get
 
 
 def image(rgb, w, h):

@@ -43,7 +43,7 @@ import torch
 
 from ..models.forward import rope_positions, unwrap
 from ..tools import IMAGE_MARKER, Tool, ToolResult, ToolRunner, ToolStats, refusal_text
-from .batch import Prompt, encode_prompts, vision_batch
+from .batch import Prompt, blank_rows, encode_prompts, vision_batch
 from .hf import HFEngine
 
 
@@ -708,12 +708,7 @@ def build_agent_batch(lm, trajectories: Sequence[Trajectory], rewards: Sequence[
     B = len(trajectories)
     T = max(len(t.prompt_ids) + len(t.token_ids) for t in trajectories)
     Tc = max(1, max(len(t.token_ids) for t in trajectories))
-    pad = lm.tokenizer.pad_token_id
-    input_ids = torch.full((B, T), pad if pad is not None else 0, dtype=torch.long)
-    attn = torch.zeros((B, T), dtype=torch.long)
-    mm = torch.zeros((B, T), dtype=torch.long)
-    cmask = torch.zeros((B, T), dtype=torch.long)
-    token_mask = torch.zeros((B, Tc), dtype=torch.long)
+    input_ids, attn, mm, cmask, token_mask = blank_rows(lm, B, T, Tc)
     loss_mask = torch.zeros((B, Tc), dtype=torch.long)
     old = torch.zeros((B, Tc), dtype=torch.float32)
     pv, grids = [], []

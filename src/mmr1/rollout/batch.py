@@ -69,12 +69,7 @@ def build_batch(lm, prompts: list[Prompt], completions: list, padding_side: str 
     B = len(prompts)
     T = max(lens[u] + len(c) for u, c in zip(which, comp))
     Tc = max(1, max(len(c) for c in comp))
-    pad = lm.tokenizer.pad_token_id
-    input_ids = torch.full((B, T), pad if pad is not None else 0, dtype=torch.long)
-    attn = torch.zeros((B, T), dtype=torch.long)
-    mm = torch.zeros((B, T), dtype=torch.long)
-    cmask = torch.zeros((B, T), dtype=torch.long)
-    token_mask = torch.zeros((B, Tc), dtype=torch.long)
+    input_ids, attn, mm, cmask, token_mask = blank_rows(lm, B, T, Tc)
     pv, grids = [], []
     for b, (u, c) in enumerate(zip(which, comp)):
         n_p, n = lens[u], lens[u] + len(c)
@@ -92,6 +87,14 @@ def build_batch(lm, prompts: list[Prompt], completions: list, padding_side: str 
     batch["completion_mask"] = cmask
     batch["token_mask"] = token_mask
     return batch
+
+
+def blank_rows(lm, B: int, T: int, Tc: int):
+    """Empty (input_ids, attention_mask, mm_token_type_ids, completion_mask) [B, T] and token_mask [B, Tc]."""
+    pad = lm.tokenizer.pad_token_id
+    input_ids = torch.full((B, T), pad if pad is not None else 0, dtype=torch.long)
+    zeros = [torch.zeros((B, T), dtype=torch.long) for _ in range(3)]
+    return input_ids, *zeros, torch.zeros((B, Tc), dtype=torch.long)
 
 
 def vision_batch(lm, input_ids, attn, mm, pv: list, grids: list) -> dict:
