@@ -1,0 +1,6 @@
+"""Retrv-R1 building blocks (METHODS §1): retrieval data, a synthetic composed-image world, the
+first-stage embedder + FAISS retriever, the Information Compression Module and the reward.
+
+Submodules are imported lazily by their users (``compression`` needs torch, ``first_stage`` faiss);
+this package itself imports nothing heavy.
+"""
