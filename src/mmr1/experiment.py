@@ -44,11 +44,19 @@ def check_experiment(cfg: Config, section: str, allowed: tuple[str, ...]) -> Non
                           f"model.path, or set {section}.base_sft_steps > 0 to SFT a tiny base model first")
 
 
+# Sections that only one experiment runner reads: another runner's section never decides a stage's result, so
+# it stays out of the fingerprint (and a section added to the config tree later does not void finished runs).
+RUNNER_SECTIONS = ("othink", "vision_r1", "mmsearch", "retrv")
+
+
 def fingerprint(cfg: Config, section: str) -> str:
-    """A hash of every setting but logging and the seed list: a finished stage is only reused by the same
-    experiment (more seeds may be added later)."""
+    """A hash of every setting but logging, the seed list and other runners' sections: a finished stage is only
+    reused by the same experiment (more seeds may be added later)."""
     d = to_dict(cfg)
     d.pop("logging")
+    for other in RUNNER_SECTIONS:
+        if other != section:
+            d.pop(other, None)
     d[section] = {k: v for k, v in d[section].items() if k != "seeds"}
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
