@@ -302,6 +302,40 @@ class MMSearchConfig:
 
 
 @dataclass
+class RetrvConfig:
+    """Retrv-R1: first stage, compression, inspection and reward (METHODS §1; unpublished values are choices)."""
+    top_k: int = _f(50, "candidates the first stage passes to the reranker (K; the paper's efficiency runs: 50)",
+                    min=1)
+    first_stage_embedder: str = _f("builtin", "first-stage embedder: builtin (color-grid, no weights) or a local "
+                                              "CLIP/SigLIP checkpoint directory")
+    fusion: Literal["auto", "concat", "sum"] = _f(
+        "auto", "how a record's image and text vectors combine: concat (score fusion, for unaligned spaces), "
+                "sum (one shared space, CLIP-like), auto (concat for builtin, sum otherwise)")
+    text_weight: float = _f(0.2, "weight w of the text part for image+text records: (1-w) cos_img + w cos_txt",
+                            min=0.0, max=1.0)
+    recall_ks: list = _f([1, 5, 10], "k values for the Recall@k tables (top_k is always added)")
+    n_compress: int = _f(1, "compressed tokens of each kind (content, relationship) per candidate; the paper: 1, "
+                            "so 2 tokens per candidate", min=1)
+    icm_width: int = _f(256, "attention width inside the compression module", min=8)
+    icm_heads: int = _f(4, "attention heads in the compression module", min=1)
+    icm_layers: int = _f(2, "layers of each attention block (the paper: two-layer attention)", min=1)
+    icm_share_pooler: bool = _f(True, "the relationship token reuses the content pooler and its query (the "
+                                      "paper's formula); false: a separate learnable query and pooler")
+    lambda_schedule: Literal["curriculum", "fixed"] = _f(
+        "curriculum", "efficiency weight lambda: curriculum i / N_iter, or fixed (the ablation)")
+    lambda_fixed: float = _f(0.5, "lambda when lambda_schedule is fixed (the paper's ablation: 0.5)",
+                             min=0.0, max=1.0)
+    format_weight: float = _f(1.0, "weight of the format reward in r = w * r_format + r_efficiency", min=0.0)
+    max_inspections: int = _f(5, "inspection calls served per query; further calls get an observation saying "
+                                 "the limit is reached (keeps N_ins <= K)", min=0)
+    index_base: int = _f(1, "number of the first candidate in prompts, inspection calls and answers", min=0,
+                         max=1)
+    world_size: int = _f(200, "queries of the synthetic composed-image world (world:cir) per split", min=1)
+    world_params: dict = _f({}, "synthetic world parameters: grid, image_size, colours, shapes, n_objects, edits, "
+                                "n_hard, n_distractors")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -318,6 +352,7 @@ class Config:
     agent: AgentRolloutConfig = field(default_factory=AgentRolloutConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     mmsearch: MMSearchConfig = field(default_factory=MMSearchConfig)
+    retrv: RetrvConfig = field(default_factory=RetrvConfig)
 
 
 # ----------------------------------------------------------------------------- building and checking
