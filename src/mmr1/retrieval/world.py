@@ -234,7 +234,6 @@ def _hard_negatives(rng: random.Random, ref, edit: dict, target, p: CirParams) -
             _, _, c, s = rng.choice(others)
             out.append(("extra_change", _apply(target, {"op": "remove", "colour": c, "shape": s})))
     else:
-        tgt_have = {(c, s) for _, _, c, s in target}
         alt = [x for x in p.colours if x not in (edit["colour"], edit["to"]) and (x, edit["shape"]) not in have]
         for to in rng.sample(alt, min(2, len(alt))):
             out.append(("wrong_colour", _apply(ref, {**edit, "to": to})))
@@ -244,7 +243,7 @@ def _hard_negatives(rng: random.Random, ref, edit: dict, target, p: CirParams) -
                 out.append(("wrong_object", _apply(ref, {"op": "recolour", "colour": o[2], "shape": o[3], "to": edit["to"]})))
             out.append(("extra_change", _apply(target, {"op": "remove", "colour": o[2], "shape": o[3]})))
         cells = _free_cells(target, p.grid)
-        extra = [x for x in _unused(target, p) if x not in tgt_have]
+        extra = _unused(target, p)
         if cells and extra:
             (r, k), (c, s) = rng.choice(cells), rng.choice(extra)
             out.append(("extra_change", _apply(target, {"op": "add", "colour": c, "shape": s, "row": r, "col": k})))
