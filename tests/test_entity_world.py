@@ -111,6 +111,10 @@ def test_search_balanced_train_split(f):
     assert {_q(s) for s in test} == pool
     natural = make_world("entities", "train", n=300, seed=0, n_entities=N, search_fraction=None)
     assert 0.3 < sum(s.meta["needs_search"] for s in natural) / 300 < 0.7
+    # eval_search_fraction balances val and test the same way, with the test split's questions only
+    few = make_world("entities", "test", n=40, seed=0, n_entities=N, familiar_fraction=0.125, eval_search_fraction=0.5)
+    assert sum(s.meta["needs_search"] for s in few) == 20
+    assert all(question_split(*_q(s)) == "test" for s in few)
 
 
 def test_images_differ_between_entities():

@@ -18,7 +18,9 @@ val and test never ask the same thing (a test question about a familiar entity a
 SFT taught as knowledge, like a base model's pre-training; one about an unfamiliar entity asks a fact no
 training sample answers). The train split is search-balanced as in the paper: sample i needs search
 for a `search_fraction` share of every prefix (default 1/2; FVQA-train is about 3,400 search-required of
-5,000); val and test keep the natural mix (about `familiar_fraction` search-free). The paper finds which
+5,000); val and test keep the natural mix (about `familiar_fraction` search-free) unless
+`eval_search_fraction` balances them too (a world with many unfamiliar entities still gets a test set with
+enough familiar questions to measure). The paper finds which
 questions need search from a model's rollouts; here it is known by construction (`meta["needs_search"]`).
 
 The first `len(pool)` samples of a split are distinct questions in a seeded order; later ones repeat them
@@ -90,6 +92,7 @@ class EntityParams:
     n_entities: int = 64
     familiar_fraction: float = 0.5  # entities the warm-up SFT teaches (search-free questions)
     search_fraction: float | None = 0.5  # train split: share of questions that need search; None = natural mix
+    eval_search_fraction: float | None = None  # the same for val and test (None: the natural mix)
     image_size: int = 112
     jitter: int = 4  # question images: the emblem shifted by up to this many pixels each way
     variants: tuple[str, ...] | None = None  # facts asked; None = all of VARIANTS
@@ -110,8 +113,10 @@ class EntityParams:
             raise ConfigError(f"n_entities: need 2 to 2000, got {self.n_entities}")
         if not 0.0 <= self.familiar_fraction <= 1.0:
             raise ConfigError(f"familiar_fraction: need a value in [0, 1], got {self.familiar_fraction}")
-        if self.search_fraction is not None and not 0.0 <= self.search_fraction <= 1.0:
-            raise ConfigError(f"search_fraction: need a value in [0, 1] or None, got {self.search_fraction}")
+        for key in ("search_fraction", "eval_search_fraction"):
+            v = getattr(self, key)
+            if v is not None and not 0.0 <= v <= 1.0:
+                raise ConfigError(f"{key}: need a value in [0, 1] or None, got {v}")
         if self.image_size < 32:
             raise ConfigError(f"image_size: need at least 32 pixels, got {self.image_size}")
         if not 0 <= self.jitter <= self.image_size // 8:
@@ -359,10 +364,11 @@ def make_world(split: str = "train", n: int = 1000, seed: int = 0, with_solution
     p = EntityParams.make(params)
     ents = entities(seed, p.n_entities, p.familiar_fraction)
     free, needs, everything = _pools(ents, p.kinds, split, seed)
-    f = p.search_fraction if split == "train" else None
+    key = "search_fraction" if split == "train" else "eval_search_fraction"
+    f = getattr(p, key)
     if f is not None and ((f > 0 and not needs) or (f < 1 and not free)):
         raise ConfigError(f"{NAME}: the {split} split has {len(free)} search-free and {len(needs)} search-required "
-                          f"questions, too few for search_fraction={f}; raise n_entities or change familiar_fraction")
+                          f"questions, too few for {key}={f}; raise n_entities or change familiar_fraction")
     if not everything:
         raise ConfigError(f"{NAME}: the {split} split has no questions; raise n_entities")
     out = []
