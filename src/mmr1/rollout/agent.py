@@ -37,7 +37,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch
 
@@ -113,8 +113,10 @@ class ObservationFormat:
     """The user text of an observation turn (MMSearch-R1 style by default, METHODS §4.1 step 5).
 
     `template` wraps a successful result ({result}, {question}, {follow_up}: `follow_up[tool]`, or
-    "" for a tool not listed); `error_template` wraps error and refusal texts (MMSearch-R1 passes
-    them raw). The tool's images are placed at its IMAGE_MARKERs, else before the text.
+    "" for a tool not listed); `templates[tool]` replaces it for one tool (Retrv-R1's inspection shows
+    a candidate, not "Searched results": it passes {"inspect": "{result}"}); `error_template` wraps
+    error and refusal texts (MMSearch-R1 passes them raw). The tool's images are placed at its
+    IMAGE_MARKERs, else before the text.
     """
 
     template: str = ("Searched results: <information>{result}</information>\n"
@@ -122,9 +124,11 @@ class ObservationFormat:
     error_template: str = "{result}"
     follow_up: Mapping[str, str] = field(default_factory=lambda: {"image_search": AFTER_IMAGE_SEARCH,
                                                                   "text_search": AFTER_TEXT_SEARCH})
+    templates: Mapping[str, str] = field(default_factory=dict)  # tool -> its own success template
 
     def success(self, tool: str, result: str, question: str) -> str:
-        return self.template.format(result=result, question=question, follow_up=self.follow_up.get(tool, ""))
+        return self.templates.get(tool, self.template).format(result=result, question=question,
+                                                              follow_up=self.follow_up.get(tool, ""))
 
     def failure(self, tool: str, text: str, question: str) -> str:
         return self.error_template.format(result=text, question=question)
@@ -206,6 +210,7 @@ class _PromptState:
     images: list
     vision: list[_Image]
     question: str
+    context: Any = None  # what AgentLoop.run(contexts=...) gave for this prompt; passed to tools that take it
 
 
 @dataclass
@@ -306,27 +311,33 @@ class AgentLoop:
 
     @torch.no_grad()
     def run(self, prompts: list[Prompt], *, n: int = 1, generator: torch.Generator | None = None,
-            questions: Sequence[str] | None = None, script: Script | None = None) -> list[list[Trajectory]]:
+            questions: Sequence[str] | None = None, script: Script | None = None,
+            contexts: Sequence[Any] | None = None) -> list[list[Trajectory]]:
         """n trajectories per (messages, images) prompt, grouped per prompt, in order.
 
         `questions` fills {question} in observations (default: the text of the prompt's last user
-        message). `script` (tests and demos only) supplies a turn's assistant token ids instead of
-        sampling them: a mapping round -> ids (or text, tokenised with the model's tokenizer) for every
-        trajectory, or a callable (trajectory, round) -> ids | text | None. Scripted ids are fed
-        through the same decode loop: they get the model's log-probs, mask 1, and the same stop
-        rules and budgets as sampled ids.
+        message). `contexts` gives one object per prompt that every call of a tool accepting a
+        `context` keyword receives (Retrv-R1's inspection looks the index up in its prompt's candidate
+        list); other tools never see it. `script` (tests and demos only) supplies a turn's assistant
+        token ids instead of sampling them: a mapping round -> ids (or text, tokenised with the model's
+        tokenizer) for every trajectory, or a callable (trajectory, round) -> ids | text | None.
+        Scripted ids are fed through the same decode loop: they get the model's log-probs, mask 1, and
+        the same stop rules and budgets as sampled ids.
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if questions is not None and len(questions) != len(prompts):
             raise ValueError(f"{len(questions)} questions for {len(prompts)} prompts")
+        if contexts is not None and len(contexts) != len(prompts):
+            raise ValueError(f"{len(contexts)} contexts for {len(prompts)} prompts")
         cfg = self.cfg
         model = self.lm.model
         was_training = model.training
         model.eval()
         trajs: list[Trajectory] = []
         try:
-            states = [self._encode_prompt(i, p, None if questions is None else questions[i])
+            states = [self._encode_prompt(i, p, None if questions is None else questions[i],
+                                          None if contexts is None else contexts[i])
                       for i, p in enumerate(prompts)]
             trajs = [Trajectory(prompt_index=s.index, sample_index=j, prompt_ids=s.ids, images=list(s.images),
                                 n_prompt_images=len(s.images), _prompt=s, _vision=list(s.vision))
@@ -370,7 +381,7 @@ class AgentLoop:
 
     # ------------------------------------------------------------------------------- encoding
 
-    def _encode_prompt(self, index: int, prompt: Prompt, question: str | None) -> _PromptState:
+    def _encode_prompt(self, index: int, prompt: Prompt, question: str | None, context: Any = None) -> _PromptState:
         messages, images = prompt
         images = list(images or [])
         enc = encode_prompts(self.lm, [(messages, images)], "left")
@@ -378,7 +389,8 @@ class AgentLoop:
         mm = enc["mm_token_type_ids"][0].tolist()
         vision = self._images(enc.get("pixel_values"), enc.get("image_grid_thw"))
         pos = self._positions(ids, mm, vision)
-        return _PromptState(index, ids, mm, pos, images, vision, _question(messages) if question is None else question)
+        return _PromptState(index, ids, mm, pos, images, vision, _question(messages) if question is None else question,
+                            context)
 
     def _images(self, pixel_values, grid) -> list[_Image]:
         """Split a processor output per image; run the vision tower once over all of them when caching."""
@@ -612,7 +624,7 @@ class AgentLoop:
                 call = ToolCall(rnd, a.tool, a.query, "ok")
                 t.tool_calls.append(call)
                 pending.append((t, call))
-        outcomes = self.runner.run([(c.tool, c.query, t._prompt.images) for t, c in pending])
+        outcomes = self.runner.run([(c.tool, c.query, t._prompt.images, t._prompt.context) for t, c in pending])
         for (t, call), o in zip(pending, outcomes):
             call.latency_s = o.latency_s
             if o.ok:

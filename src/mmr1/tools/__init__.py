@@ -3,7 +3,10 @@
 A tool is any object with a ``name`` and ``__call__(query, *, images) -> ToolResult``: plain Python
 classes are enough (the scripted tools of the tests are real tools). ``images`` are the original
 prompt's images (MMSearch-R1's image search looks up the question image). A tool may set a
-``timeout_s`` attribute to override the runner's default timeout.
+``timeout_s`` attribute to override the runner's default timeout. A tool whose ``__call__`` also takes
+a ``context`` keyword receives the per-prompt object the caller attached to the call (the agent loop's
+``run(contexts=...)``): Retrv-R1's inspection needs to know WHICH prompt's candidate list an index refers
+to. Tools without that keyword are called exactly as before.
 
 `ToolRunner` calls tools concurrently in a thread pool, enforces each call's timeout, and turns every
 failure into an error text instead of an exception, so a rollout never stops on a tool:
@@ -20,6 +23,7 @@ pool is replaced once half of its workers are stuck. Counters per tool: `ToolSta
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -137,12 +141,23 @@ class ToolRunner:
         self.max_workers = max(1, int(max_workers))
         self.stats: dict[str, ToolStats] = {name: ToolStats() for name in self.tools}
         self._pool: ThreadPoolExecutor | None = None
+        self._takes_context: dict[str, bool] = {}
         self._stuck = 0  # workers held by calls that timed out and are still running
         self._lock = threading.Lock()
 
     def timeout_for(self, name: str) -> float:
         t = getattr(self.tools.get(name), "timeout_s", None)
         return float(t) if t else self.timeout_s
+
+    def takes_context(self, name: str) -> bool:
+        """Whether tool `name` accepts a ``context`` keyword (checked once per tool)."""
+        if name not in self._takes_context:
+            try:
+                params = inspect.signature(self.tools[name]).parameters
+            except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+                params = {}
+            self._takes_context[name] = "context" in params
+        return self._takes_context[name]
 
     def _stats(self, name: str) -> ToolStats:
         return self.stats.setdefault(name, ToolStats())
@@ -162,12 +177,13 @@ class ToolRunner:
         with self._lock:
             self._stuck = max(0, self._stuck - 1)
 
-    def run(self, calls: Sequence[tuple[str, str, list]]) -> list[ToolOutcome]:
-        """Make the (tool name, query, images) calls concurrently; one outcome per call, in order."""
+    def run(self, calls: Sequence[tuple]) -> list[ToolOutcome]:
+        """Make the (tool name, query, images[, context]) calls concurrently; one outcome per call, in order.
+        A context (when not None) reaches only tools that take a ``context`` keyword."""
         outcomes: list[ToolOutcome | None] = [None] * len(calls)
         started: list[float | None] = [None] * len(calls)
         todo = []
-        for i, (name, query, images) in enumerate(calls):
+        for i, (name, query, *_) in enumerate(calls):
             if name not in self.tools:
                 outcomes[i] = ToolOutcome(name, query, None, "no such tool", 0.0)
                 self._record(outcomes[i])
@@ -178,10 +194,12 @@ class ToolRunner:
         pool = self._executor()
 
         def job(i: int):
-            name, query, images = calls[i]
+            name, query, images = calls[i][:3]
+            context = calls[i][3] if len(calls[i]) > 3 else None
+            kwargs = {"context": context} if context is not None and self.takes_context(name) else {}
             started[i] = time.monotonic()
             try:
-                res = self.tools[name](query, images=list(images or []))
+                res = self.tools[name](query, images=list(images or []), **kwargs)
                 return res, None, time.monotonic() - started[i]
             except Exception as e:  # a tool's failure is an observation, not a crash
                 return None, e, time.monotonic() - started[i]
