@@ -7,7 +7,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import torch
 
 from mmr1.clients import ChatClient
 from mmr1.data.encode import encode_for_sft
