@@ -145,73 +145,10 @@ def _hard_negatives(rng: random.Random, ref, edit: dict, target, p: CirParams) -
     out: list[tuple[str, list]] = [("reference", [list(o) for o in ref])]
     others = [o for o in ref if (o[2], o[3]) != (edit["colour"], edit["shape"])]
     if edit["op"] == "remove":
-        named = next(o for o in ref if (o[2], o[3]) == (edit["colour"], edit["shape"]))
-        if others:  # another object removed
-            _, _, c, s = rng.choice(others)
-            out.append(("wrong_object", _apply(ref, {"op": "remove", "colour": c, "shape": s})))
-        alt = [x for x in p.colours if x != edit["colour"] and (x, edit["shape"]) not in have]
-        if alt:  # the named object recoloured instead of removed
-            out.append(("wrong_colour", _apply(ref, {"op": "recolour", "colour": edit["colour"], "shape": edit["shape"],
-                                                     "to": rng.choice(alt)})))
-        free = _free_cells(ref, p.grid)
-        if free:  # the named object moved instead of removed
-            r, k = rng.choice(free)
-            out.append(("wrong_place", sorted(others + [[r, k, named[2], named[3]]])))
-        if others:  # the right removal plus another change
-            o = rng.choice(others)
-            to = [x for x in p.colours if x != o[2] and (x, o[3]) not in have]
-            if to:
-                out.append(("extra_change", _apply(target, {"op": "recolour", "colour": o[2], "shape": o[3],
-                                                            "to": rng.choice(to)})))
-            if len(others) >= 2:
-                out.append(("extra_change", _apply(target, {"op": "remove", "colour": o[2], "shape": o[3]})))
-    elif edit["op"] == "add":
-        what = f"a {edit['colour']} {edit['shape']} added at the {place_name(edit['row'], edit['col'], grid)}"
-    else:
-        what = f"the {edit['colour']} {edit['shape']} turned {edit['to']}"
-    return f"the same scene but with {what}"
-
-
-def _free_cells(objects, grid):
-    used = {(r, k) for r, k, _, _ in objects}
-    return [(r, k) for r in range(grid) for k in range(grid) if (r, k) not in used]
-
-
-def _unused(objects, p: CirParams):
-    have = {(c, s) for _, _, c, s in objects}
-    return [(c, s) for c in p.colours for s in p.shapes if (c, s) not in have]
-
-
-def _random_edit(rng: random.Random, objects, p: CirParams) -> dict:
-    op = rng.choice(p.edits)
-    if op == "remove":
-        _, _, c, s = rng.choice(objects)
-        return {"op": "remove", "colour": c, "shape": s}
-    if op == "add":
-        r, k = rng.choice(_free_cells(objects, p.grid))
-        c, s = rng.choice(_unused(objects, p))
-        return {"op": "add", "colour": c, "shape": s, "row": r, "col": k}
-    _, _, c, s = rng.choice(objects)
-    have = {(cc, ss) for _, _, cc, ss in objects}
-    to = rng.choice([x for x in p.colours if x != c and (x, s) not in have])
-    return {"op": "recolour", "colour": c, "shape": s, "to": to}
-
-
-def _hard_negatives(rng: random.Random, ref, edit: dict, target, p: CirParams) -> list[tuple[str, list]]:
-    """(kind, layout) near-misses of the target; each differs from it."""
-    have = {(c, s) for _, _, c, s in ref}
-    out: list[tuple[str, list]] = [("reference", [list(o) for o in ref])]
-    others = [o for o in ref if (o[2], o[3]) != (edit["colour"], edit["shape"])]
-    if edit["op"] == "remove":
         if others:
             _, _, c, s = rng.choice(others)
             out.append(("wrong_object", _apply(ref, {"op": "remove", "colour": c, "shape": s})))
-        # the removed object's neighbour in colour: "red circle" asked, "red square" removed is wrong_object too;
-        # wrong_colour: the target but the remaining same-shape object in another colour
-        alt = [x for x in p.colours if x != edit["colour"] and (x, edit["shape"]) not in have]
-        if alt:  # the right object removed, but another one recoloured: wrong
-            pass
-        for o in others[:1]:
+        for o in others[:1]:  # the right object removed, but another one recoloured too
             to = rng.choice([x for x in p.colours if x != o[2] and (x, o[3]) not in have] or [o[2]])
             if to != o[2]:
                 out.append(("extra_change", _apply(target, {"op": "recolour", "colour": o[2], "shape": o[3], "to": to})))
