@@ -70,8 +70,10 @@ def test_prompts_full_and_inspect_modes(world):
     assert scene_handle([[0, 0, "red", "circle"], [1, 1, "blue", "circle"], [2, 2, "red", "square"]]) == \
         "3 objects: 2 circles, 1 square"
     assert scene_handle([[0, 0, "red", "circle"], [1, 1, "blue", "circle"]], "colour") == "2 objects: 1 blue, 1 red"
-    with pytest.raises(NotImplementedError, match="compressed"):
-        prompt_of(world, 0, "compressed")
+    comp = prompt_of(world, 0, "compressed", max_inspections=0)  # compression only: no calls offered
+    ctext = "".join(p.get("text", "") for p in comp.messages[0]["content"])
+    assert "(1) <|vision_pad|><|vision_pad|>" in ctext and INSPECT_START not in ctext and len(comp.images) == 1
+    assert INSPECT_START in prompt_of(world, 0, "compressed").messages[0]["content"][0]["text"]
     zero = prompt_of(world, 0, "inspect", base=0)
     assert "numbered 0 to 4" in zero.messages[0]["content"][0]["text"]
 

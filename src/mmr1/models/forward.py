@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .overrides import OVERRIDES_KEY, embed_inputs
+
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids",
                     "position_ids")
 
@@ -43,6 +45,8 @@ def hidden_states(model, batch: dict) -> torch.Tensor:
     inputs = {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch and batch[k] is not None}
     if "position_ids" not in inputs:
         inputs["position_ids"] = rope_positions(hf, inputs)
+    if batch.get(OVERRIDES_KEY) is not None:  # placeholder rows of the input embeddings (models/overrides.py)
+        inputs["inputs_embeds"] = embed_inputs(hf, inputs["input_ids"], batch[OVERRIDES_KEY])
     out = hf.model(**inputs, use_cache=False, return_dict=True)
     return out.last_hidden_state
 
@@ -63,6 +67,8 @@ def shared_prefix_hidden_states(model, batch: dict) -> torch.Tensor:
     for k in ("pixel_values", "image_grid_thw"):
         if batch.get(k) is not None:
             prompt[k] = batch[k]
+    if batch.get(OVERRIDES_KEY) is not None:  # one per distinct prompt row
+        prompt["inputs_embeds"] = embed_inputs(hf, prompt["input_ids"], batch[OVERRIDES_KEY])
     out = hf.model(**prompt, use_cache=True, return_dict=True)
     rows = batch["row_prompt"]
     first = out.last_hidden_state[:, -1][rows]  # left padding: every prompt ends in the last column

@@ -10,9 +10,11 @@ Modes (how a candidate appears in the prompt):
   candidate's full content with ``<inspection-index-start>N<inspection-index-end>`` and the agent loop
   injects exactly what "full" mode shows for it (`candidate_block`), so full tokens are the same tokens in
   both places.
-- ``"compressed"``: NOT BUILT YET. Each candidate becomes its number + 2 placeholder tokens (content and
-  relationship) whose input embeddings the ICM (`compression.py`) writes over the placeholders' rows
-  before the LM runs. See the TODO in `build_rerank_prompt`.
+- ``"compressed"``: each candidate is its number + `n_compressed` (2 by default: content, relationship)
+  placeholder tokens (`models.overrides.PLACEHOLDER`), whose input embeddings the ICM's outputs replace
+  before the LM runs (`compressed.CompressedReranker` attaches them to the prompt). With
+  ``max_inspections`` > 0 (or None) the instruction offers inspection as in "inspect" mode
+  (compression + inspection); ``max_inspections=0`` is compression only.
 
 Numbering: candidates are numbered from ``base`` (1 by default, `retrv.index_base`), in the order shown,
 the same numbers the inspection calls and the answer use (`reward.parse_index`).
@@ -32,6 +34,7 @@ from typing import Sequence
 
 from ..data.schema import Sample, assistant_turn
 from ..data.worlds.scenes import plural
+from ..models.overrides import PLACEHOLDER
 from ..tools import IMAGE_MARKER
 from .data import Candidate, RetrievalQuery
 from .reward import INSPECT_END, INSPECT_START
@@ -173,7 +176,7 @@ def query_block(q: RetrievalQuery, image_root: str | None = None) -> tuple[str, 
 
 def instruction(k: int, mode: str, base: int = 1, max_inspections: int | None = None) -> str:
     verify = ""
-    if mode == "inspect":
+    if mode == "inspect" or (mode == "compressed" and max_inspections != 0):
         limit = f" (at most {max_inspections} inspections)" if max_inspections is not None else ""
         verify = VERIFY_INSPECT.format(limit=limit)
     return INSTRUCTION.format(k=k, first=base, last=base + k - 1, verify=verify)
@@ -185,20 +188,14 @@ def instruction(k: int, mode: str, base: int = 1, max_inspections: int | None = 
 def build_rerank_prompt(query: RetrievalQuery, candidates: Sequence[Candidate], mode: str = "inspect", *,
                         relevant: set[str] | None = None, base: int = 1, image_root: str | None = None,
                         max_inspections: int | None = None, handle_words: int = 8,
-                        scene_by: str = "shape") -> RerankPrompt:
+                        scene_by: str = "shape", n_compressed: int = 2) -> RerankPrompt:
     """The reranking prompt of `query` over `candidates` (the first stage's top-K, best first).
 
     `relevant` (dids; default the query's positives) sets `gold`: the first relevant candidate's position.
+    `n_compressed`: placeholder tokens per candidate in "compressed" mode (the ICM's tokens_per_candidate).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "compressed":
-        # TODO(retrv compressed mode): per candidate "Candidate N: " + 2 placeholder tokens (content,
-        # relationship); the ICM's `InformationCompressionModule(cand_tokens, cand_mask, query_tokens,
-        # query_mask)` outputs replace the placeholders' input embeddings (inputs_embeds) before the LM runs.
-        # Needs a reserved placeholder token in the tokenizer and an inputs_embeds path in the agent loop's
-        # prefill; the inspection tool and its observations stay as they are.
-        raise NotImplementedError("the 'compressed' reranker mode is not built yet; use 'full' or 'inspect'")
     if not candidates:
         raise ValueError(f"query {query.qid}: no candidates to rerank")
     cands = list(candidates)
@@ -211,13 +208,15 @@ def build_rerank_prompt(query: RetrievalQuery, candidates: Sequence[Candidate], 
             block, ims = candidate_block(c, i + base, image_root)
             text += "\n" + block
             images += ims
+        elif mode == "compressed":
+            text += f"\n({i + base}) " + PLACEHOLDER * n_compressed
         else:
             text += f"\n({i + base}) {handles[i]}"
     rel = set(query.positives) if relevant is None else set(relevant)
     gold = next((i for i, c in enumerate(cands) if c.did in rel), None)
     messages = [{"role": "user", "content": marked_parts(text, len(images))}]
     return RerankPrompt(messages, images, RerankContext(cands, base, image_root), mode, query.qid, gold, handles,
-                        {"scene_by": scene_by})
+                        {"scene_by": scene_by, **({"n_compressed": n_compressed} if mode == "compressed" else {})})
 
 
 def rerank_prompts(data, ranking, mode: str = "inspect", **kw) -> list[RerankPrompt]:

@@ -42,6 +42,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import torch
 
 from ..models.forward import rope_positions, unwrap
+from ..models.overrides import OVERRIDES_KEY, embed_inputs
 from ..tools import IMAGE_MARKER, Tool, ToolResult, ToolRunner, ToolStats, refusal_text
 from .batch import Prompt, blank_rows, encode_prompts, vision_batch
 from .hf import HFEngine
@@ -211,6 +212,7 @@ class _PromptState:
     vision: list[_Image]
     question: str
     context: Any = None  # what AgentLoop.run(contexts=...) gave for this prompt; passed to tools that take it
+    overrides: Any = None  # the prompt's EmbedOverrides (its third element), see models/overrides.py
 
 
 @dataclass
@@ -382,15 +384,14 @@ class AgentLoop:
     # ------------------------------------------------------------------------------- encoding
 
     def _encode_prompt(self, index: int, prompt: Prompt, question: str | None, context: Any = None) -> _PromptState:
-        messages, images = prompt
-        images = list(images or [])
+        messages, images = prompt[0], list(prompt[1] or [])
         enc = encode_prompts(self.lm, [(messages, images)], "left")
         ids = enc["input_ids"][0].tolist()
         mm = enc["mm_token_type_ids"][0].tolist()
         vision = self._images(enc.get("pixel_values"), enc.get("image_grid_thw"))
         pos = self._positions(ids, mm, vision)
         return _PromptState(index, ids, mm, pos, images, vision, _question(messages) if question is None else question,
-                            context)
+                            context, prompt[2] if len(prompt) > 2 else None)
 
     def _images(self, pixel_values, grid) -> list[_Image]:
         """Split a processor output per image; run the vision tower once over all of them when caching."""
@@ -460,10 +461,14 @@ class AgentLoop:
                 out[:, i, T - p.shape[1]:] = p
         return out
 
-    def _forward(self, ids, attn, mm, pos, images, cache=None):
-        out = self.hf.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device),
+    def _forward(self, ids, attn, mm, pos, images, cache=None, overrides=None):
+        ids = ids.to(self.device)
+        kw = self._vision_kwargs(images)
+        if overrides is not None and any(o is not None for o in overrides):  # rows' prompt placeholders
+            kw["inputs_embeds"] = embed_inputs(self.hf, ids, overrides)
+        out = self.hf.model(input_ids=ids, attention_mask=attn.to(self.device),
                             mm_token_type_ids=mm.to(self.device), position_ids=pos.to(self.device),
-                            past_key_values=cache, use_cache=True, return_dict=True, **self._vision_kwargs(images))
+                            past_key_values=cache, use_cache=True, return_dict=True, **kw)
         self.stats.prefill_calls += 1
         return out
 
@@ -479,7 +484,8 @@ class AgentLoop:
             ids = self._left_pad([t.prompt_ids + t.token_ids for t in rows], pad)
             attn = self._left_pad([[1] * (len(t.prompt_ids) + len(t.token_ids)) for t in rows], 0)
             mm = self._left_pad([t._prompt.mm + t.mm_token_type_ids for t in rows], 0)
-            out = self._forward(ids, attn, mm, self._pad_positions(full_pos), [im for t in rows for im in t._vision])
+            out = self._forward(ids, attn, mm, self._pad_positions(full_pos), [im for t in rows for im in t._vision],
+                                overrides=[t._prompt.overrides for t in rows])
             self.stats.context_prefill_rows += len(rows)
             return out.past_key_values, self._last_logits(out), attn.to(self.device), next_pos
         # Each distinct prompt once, its keys/values copied to its rows, then each row's own tokens.
@@ -491,7 +497,8 @@ class AgentLoop:
         ps = [states[i] for i in order]
         p_attn = self._left_pad([[1] * len(s.ids) for s in ps], 0)
         out = self._forward(self._left_pad([s.ids for s in ps], pad), p_attn, self._left_pad([s.mm for s in ps], 0),
-                            self._pad_positions([s.positions for s in ps]), [im for s in ps for im in s.vision])
+                            self._pad_positions([s.positions for s in ps]), [im for s in ps for im in s.vision],
+                            overrides=[s.overrides for s in ps])
         self.stats.prompt_prefill_rows += len(ps)
         idx = torch.tensor([uniq[t.prompt_index] for t in rows], device=self.device)
         cache = out.past_key_values
@@ -748,6 +755,8 @@ def build_agent_batch(lm, trajectories: Sequence[Trajectory], rewards: Sequence[
     batch["loss_mask"] = loss_mask
     batch["old_logprobs"] = old
     batch["reward_index"] = reward_index
+    if any(t._prompt.overrides is not None for t in trajectories):
+        batch[OVERRIDES_KEY] = [t._prompt.overrides for t in trajectories]
     if rewards is not None:
         r = torch.as_tensor(rewards, dtype=torch.float32)
         tr = torch.zeros((B, Tc), dtype=torch.float32)

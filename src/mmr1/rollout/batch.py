@@ -16,14 +16,16 @@ from __future__ import annotations
 import torch
 
 from ..models.forward import rope_positions
+from ..models.overrides import OVERRIDES_KEY, prompt_overrides
 
-Prompt = tuple  # (messages, images): chat messages in the repo's schema and a list of PIL images
+Prompt = tuple  # (messages, images[, EmbedOverrides]): chat messages in the repo's schema, PIL images, and
+# optionally the input embeddings of placeholder tokens (models/overrides.py)
 
 
 def encode_prompts(lm, prompts: list[Prompt], padding_side: str = "left") -> dict:
     """Render prompts with the generation header and encode them with their images."""
-    texts = [lm.adapter.render(lm.processor, msgs, add_generation_prompt=True) for msgs, _ in prompts]
-    images = [list(ims or []) for _, ims in prompts]
+    texts = [lm.adapter.render(lm.processor, p[0], add_generation_prompt=True) for p in prompts]
+    images = [list(p[1] or []) for p in prompts]
     return lm.adapter.encode(lm.processor, texts, images if any(images) else None, padding_side)
 
 
@@ -61,7 +63,7 @@ def build_batch(lm, prompts: list[Prompt], completions: list, padding_side: str 
     lens = enc["attention_mask"].sum(1).tolist()
     grid = enc.get("image_grid_thw")
     # Slices of pixel_values / image_grid_thw that belong to each unique prompt.
-    img_counts = [len(ims or []) for _, ims in uniq]
+    img_counts = [len(p[1] or []) for p in uniq]
     img_start = [sum(img_counts[:i]) for i in range(len(uniq))]
     patches = grid.prod(-1).tolist() if grid is not None else []
     patch_start = [sum(patches[:i]) for i in range(len(patches) + 1)]
@@ -86,6 +88,8 @@ def build_batch(lm, prompts: list[Prompt], completions: list, padding_side: str 
     batch = vision_batch(lm, input_ids, attn, mm, pv, grids)
     batch["completion_mask"] = cmask
     batch["token_mask"] = token_mask
+    if (ov := prompt_overrides(uniq)) is not None:
+        batch[OVERRIDES_KEY] = [ov[u] for u in which]
     return batch
 
 
@@ -136,6 +140,8 @@ def build_grouped_batch(lm, prompts: list[Prompt], completions: list) -> dict:
     for k in ("pixel_values", "image_grid_thw"):
         if enc.get(k) is not None:
             batch[k] = enc[k]
+    if (ov := prompt_overrides(uniq)) is not None:
+        batch[OVERRIDES_KEY] = ov
     batch["row_prompt"] = torch.tensor(which, dtype=torch.long)
     batch["completion_ids"] = ids
     batch["token_mask"] = token_mask

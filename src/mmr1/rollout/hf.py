@@ -13,6 +13,7 @@ import torch
 
 from ..data.encode import to_device
 from ..models.forward import MODEL_INPUT_KEYS, rope_positions, unwrap
+from ..models.overrides import embed_inputs, prompt_overrides
 from .batch import Prompt, encode_prompts
 
 
@@ -94,6 +95,8 @@ class HFEngine:
         enc["position_ids"] = rope_positions(self.hf, enc)  # on the CPU: a per-row Python loop
         batch = to_device({k: enc[k] for k in MODEL_INPUT_KEYS if enc.get(k) is not None}, self.device)
         pos = batch["position_ids"]
+        if (ov := prompt_overrides(prompts)) is not None:  # placeholder embeddings (models/overrides.py)
+            batch["inputs_embeds"] = embed_inputs(self.hf, batch["input_ids"], ov)
         out = self.hf.model(**batch, use_cache=True, return_dict=True)
         self.stats.prefill_calls += 1
         self.stats.prefill_rows += len(prompts)
