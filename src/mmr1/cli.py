@@ -236,7 +236,7 @@ def cmd_serve(a) -> int:
 
 
 def _experiment(module: str, default_recipe: str, outputs: str):
-    """`mmr1 othink` / `vision-r1` / `mmsearch`: run_<module>(recipe, out, seeds, overrides) from mmr1.<module>."""
+    """`mmr1 othink` / `vision-r1` / `mmsearch` / `retrv`: run_<module>(recipe, out, seeds, overrides) from mmr1.<module>."""
     def cmd(a) -> int:
         import importlib
 
@@ -251,6 +251,7 @@ def _experiment(module: str, default_recipe: str, outputs: str):
 cmd_othink = _experiment("othink", "othink_mr1_cpu", "results.md, results.json, curves.svg")
 cmd_vision_r1 = _experiment("vision_r1", "vision_r1_cpu", "results.md, results.json")
 cmd_mmsearch = _experiment("mmsearch", "mmsearch_r1_cpu", "results.md, results.json")
+cmd_retrv = _experiment("retrv", "retrv_r1_cpu", "results.md, results.json")
 
 
 def cmd_config(a) -> int:
@@ -387,7 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
          "models, always search (RAG-style) and never search. Writes OUT/results.json and OUT/results.md "
          "(accuracy and search ratio on familiar vs unfamiliar entities, mean ± std). Default recipe: "
          "mmsearch_r1_cpu (tiny Qwen2.5-VL, CPU); the paper's settings: mmsearch_r1 (give model.path and "
-         "the data and index paths).")):
+         "the data and index paths)."),
+        ("retrv", cmd_retrv, "retrv", "Retrv-R1 experiment: first stage, ICM self-alignment, activation SFT, "
+         "RL with the lambda curriculum and fixed lambda",
+         "Per seed: the synthetic composed-image world, first-stage R@1/R@5 and top-K, self-alignment of the "
+         "information compression module (LM frozen), activation SFT on four-phase teacher CoTs over compressed "
+         "prompts, agent GRPO with details inspection (curriculum and fixed lambda); greedy evaluation of every "
+         "model with full candidates, compression only and compression + inspection (R@1, prompt tokens, time "
+         "and peak memory per query, inspections). Writes OUT/results.json and OUT/results.md (mean ± std). "
+         "Default recipe: retrv_r1_cpu (tiny Qwen2.5-VL, CPU); Qwen2.5-VL-3B/7B settings: retrv_r1.")):
         e = sub.add_parser(name, help=what, description=desc + " Rerunning the same command resumes. Put "
                            "key=value overrides before --out/--seeds.")
         e.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",

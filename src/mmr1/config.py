@@ -333,6 +333,15 @@ class RetrvConfig:
     world_size: int = _f(200, "queries of the synthetic composed-image world (world:cir) per split", min=1)
     world_params: dict = _f({}, "synthetic world parameters: grid, image_size, colours, shapes, n_objects, edits, "
                                 "n_hard, n_distractors")
+    seeds: list = _f([0, 1, 2], "seeds of `mmr1 retrv` (each seed draws its own world and model init)")
+    eval_size: int = _f(50, "test queries evaluated per seed by `mmr1 retrv`", min=1)
+    align_steps: int = _f(200, "ICM self-alignment steps (LM frozen) before activation SFT; 0: none", min=0)
+    align_lr: float = _f(1e-3, "learning rate of the ICM self-alignment pretraining", min=0.0)
+    align_batch: int = _f(8, "candidates per self-alignment step", min=1)
+    sft_mode: Literal["compressed", "inspect", "full"] = _f(
+        "compressed", "prompt mode of the activation-SFT samples (the teacher's four-phase CoT; compressed: the "
+                      "inspect-mode CoT over the compressed prompt)")
+    lambda_runs: list = _f(["curriculum", "fixed"], "RL runs of `mmr1 retrv` (lambda schedules); [] skips RL")
 
 
 @dataclass

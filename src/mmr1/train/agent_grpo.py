@@ -175,7 +175,8 @@ class AgentGRPOStep:
     """
 
     def __init__(self, cfg: Config, lm, train_samples: list, tools: Sequence = (), ref_path=None,
-                 reward: SearchReward | None = None, script=None):
+                 reward: SearchReward | None = None, script=None, agent_cfg: AgentConfig | None = None,
+                 prompt_fn=None):
         rc, ac, tc = cfg.rl, cfg.algorithm, cfg.trainer
         self.cfg, self.lm = cfg, lm
         self.model = lm.model
@@ -188,7 +189,8 @@ class AgentGRPOStep:
         self.beta = make_schedule(rc.beta_schedule if rc.beta_schedule else ac.beta)
         uses_kl = any(self.beta.value(s, rc.steps) != 0.0 for s in range(rc.steps + 1))
         self.ref = Reference(lm, ref_path) if uses_kl else None
-        self.loop = AgentLoop(lm, self.tools, agent_config(cfg, sample=True), device=self.device)
+        self.prompt_fn = prompt_fn
+        self.loop = AgentLoop(lm, self.tools, agent_cfg or agent_config(cfg, sample=True), device=self.device)
         self.sampler = PromptSampler(len(train_samples), rc.prompts_per_step, tc.seed)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=rc.lr, weight_decay=tc.weight_decay)
@@ -202,9 +204,15 @@ class AgentGRPOStep:
         """The step's samples (each repeated G times) and their trajectories, in group order."""
         cfg, G = self.cfg, self.cfg.rollout.group_size
         samples = [self.train_samples[i] for i in self.sampler.indices(step)]
-        prompts = [(with_system(s.prompt_messages(), cfg.data.system_prompt), s.load_images()) for s in samples]
+        contexts = None
+        if self.prompt_fn is None:
+            prompts = [(with_system(s.prompt_messages(), cfg.data.system_prompt), s.load_images()) for s in samples]
+        else:  # (prompt, tool context) per sample; the prompt may carry embedding overrides
+            made = [self.prompt_fn(s) for s in samples]
+            prompts = [(with_system(p[0], cfg.data.system_prompt), *p[1:]) for p, _ in made]
+            contexts = [c for _, c in made]
         groups = self.loop.run(prompts, n=G, generator=_generator(cfg.trainer.seed, step),
-                               questions=[question_of(s) for s in samples], script=self.script)
+                               questions=[question_of(s) for s in samples], script=self.script, contexts=contexts)
         return [s for s in samples for _ in range(G)], [t for g in groups for t in g]
 
     def run(self, step: int) -> StepOutput:
@@ -309,15 +317,20 @@ class AgentRLResult(RLResult):
 
 
 def fit_agent(cfg: Config, lm, train_samples: list, tools: Sequence, run: RunDir, progress: bool = True,
-              ref_path=None, reward: SearchReward | None = None, script=None) -> AgentRLResult:
+              ref_path=None, reward: SearchReward | None = None, script=None, agent_cfg: AgentConfig | None = None,
+              prompt_fn=None) -> AgentRLResult:
     """Agent GRPO on `lm.model` in place; writes RUN/checkpoints, RUN/final and per-step metrics (rl/...).
+
+    Other agents (Retrv-R1) give `agent_cfg` (default: from agent.*), a `reward` with the same interface
+    (``details(trajectory, sample)`` -> .reward/.correct/.format; ``step``/``total``), and `prompt_fn`:
+    sample -> (prompt, tool context), the prompt possibly carrying embedding overrides.
 
     Resumes from the latest checkpoint in RUN/checkpoints (trainer.resume); Ctrl-C checkpoints and stops.
     """
     t_start = time.time()
     seed_everything(cfg.trainer.seed)
     save_config(cfg, run.path / "config.yaml")
-    runner = AgentGRPOStep(cfg, lm, train_samples, tools, ref_path, reward, script)
+    runner = AgentGRPOStep(cfg, lm, train_samples, tools, ref_path, reward, script, agent_cfg, prompt_fn)
 
     def record(result, m):
         result.search_ratio_history.append(m["search_ratio"])

@@ -20,6 +20,7 @@ from ..config import Config, save_config
 from ..data.encode import Encoded, collate, encode_for_sft, to_device
 from ..errors import DataError
 from ..models.forward import hidden_states, shift_labels, unwrap
+from ..models.overrides import OVERRIDES_KEY
 from .checkpoint import Checkpointer, StopOnSignal, seed_everything
 from .run_dir import RunDir
 from .schedule import lr_multiplier
@@ -78,8 +79,12 @@ class SFTResult:
     final_dir: str
 
 
-def train_sft(cfg: Config, lm, train_samples, run: RunDir, eval_fn=None, progress: bool = True) -> SFTResult:
-    """Train `lm.model` in place; writes checkpoints and RUN/final. Resumes from RUN/checkpoints."""
+def train_sft(cfg: Config, lm, train_samples, run: RunDir, eval_fn=None, progress: bool = True,
+              overrides=None) -> SFTResult:
+    """Train `lm.model` in place; writes checkpoints and RUN/final. Resumes from RUN/checkpoints.
+
+    `overrides` (Retrv-R1's compressed prompts): sample id -> its prompt's `EmbedOverrides` or None; each
+    batch then carries them (`models.overrides`), so the loss also trains whatever produces them."""
     from ..ui import progress_bar
 
     t0 = time.time()
@@ -130,6 +135,8 @@ def train_sft(cfg: Config, lm, train_samples, run: RunDir, eval_fn=None, progres
             total_loss = 0.0
             for b in idx:
                 batch = to_device(collate([encoded[j] for j in b], pad), device)
+                if overrides is not None:
+                    batch[OVERRIDES_KEY] = [overrides(encoded[j].source) for j in b]
                 loss_sum, _ = sft_loss_sum(model, batch)
                 (loss_sum / max(1, n_tok)).backward()
                 total_loss += float(loss_sum.detach())

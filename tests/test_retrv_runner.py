@@ -1,0 +1,76 @@
+"""`mmr1 retrv` end to end on a tiny model and a tiny world (a few steps of every stage), then a rerun that
+resumes from the finished stages instead of redoing them."""
+
+import json
+from pathlib import Path
+
+from mmr1.cli import main
+from mmr1.retrieval.compression import InformationCompressionModule
+from mmr1.retrv import EVAL_MODES, RetrvReward, run_retrv
+
+RECIPES = Path(__file__).parents[1] / "src" / "mmr1" / "recipes"
+CPU = RECIPES / "retrv_r1_cpu.yaml"
+SMALL = ["retrv.world_size=6", "retrv.eval_size=3", "retrv.top_k=3", "retrv.max_inspections=1",
+         "retrv.align_steps=2", "trainer.max_steps=2", "trainer.batch_size=2", "rl.steps=1", "rollout.group_size=2",
+         "rl.prompts_per_step=2", "rl.micro_batch_size=4", "agent.max_turn_tokens=12", "agent.max_total_tokens=160",
+         "logging.progress=false", "logging.tensorboard=false"]
+
+
+def test_runner_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "retrv"
+    s = run_retrv(CPU, out=str(out), seeds=[0], overrides=SMALL)
+    res = json.loads((out / "results.json").read_text())
+    assert res["seeds"] == [0] and set(res["results"]) == {"first_stage", "sft", "rl_curriculum", "rl_fixed"}
+    assert {"R@1", "R@5"} <= set(res["results"]["first_stage"][0])
+    for stage in ("sft", "rl_curriculum", "rl_fixed"):
+        ev = res["results"][stage][0]
+        assert set(ev) == set(EVAL_MODES)
+        assert ev["compressed"]["inspections"] == 0 == ev["full"]["inspections"]
+        assert ev["compressed"]["prompt_tokens"] < ev["full"]["prompt_tokens"]
+        assert all(0 <= ev[m]["R@1"] <= 1 and ev[m]["time_s"] > 0 for m in EVAL_MODES)
+    assert len(s["table"]["rows"]) == 1 + 3 * 3
+    md = (out / "results.md").read_text()
+    assert "| first stage (embedder) |" in md and "compression + inspection" in md
+    sft_dir = res["stages"]["sft"][0]["path"]
+    assert InformationCompressionModule.from_pretrained(sft_dir).cfg.tokens_per_candidate == 2
+    # rerun through the CLI: every stage is found finished, nothing is retrained
+    marks = {p: p.stat().st_mtime for p in out.rglob("result.json")}
+    assert len(marks) == 3
+    assert main(["retrv", "retrv_r1_cpu", *SMALL, "--out", str(out), "--seeds", "0"]) == 0
+    assert {p: p.stat().st_mtime for p in out.rglob("result.json")} == marks
+
+
+def test_reward_curriculum_and_fixed_lambda():
+    from types import SimpleNamespace
+
+    from mmr1.config import load_config
+
+    cfg = load_config(CPU, ["retrv.top_k=4"])
+    traj = SimpleNamespace(text="<think>x</think><answer>2</answer>", tool_calls=[])
+    sample = SimpleNamespace(meta={"k": 4, "gold": 1})
+    cur, fixed = RetrvReward(cfg, "curriculum"), RetrvReward(cfg, "fixed")
+    cur.total = fixed.total = 10
+    cur.step = fixed.step = 5
+    assert cur.penalty_at() == 0.5 and fixed.penalty_at() == cfg.retrv.lambda_fixed
+    d = cur.details(traj, sample)
+    assert d.correct and d.reward == cfg.retrv.format_weight * d.format + 1.0  # no inspection: no cost
+    assert not cur.details(traj, SimpleNamespace(meta={"k": 4, "gold": 0})).correct
+
+
+def test_paper_recipe():
+    from mmr1.config import load_config
+
+    cfg = load_config(RECIPES / "retrv_r1.yaml")
+    assert cfg.retrv.top_k == 50 and cfg.model.lora.enabled and cfg.model.freeze_vision
+    assert cfg.retrv.n_compress == 1 and cfg.retrv.lambda_schedule == "curriculum"
+
+
+def test_icm_is_trained_with_the_model(lms):
+    """attach_icm registers the ICM in the model, so SFT / GRPO optimizers (model params) include it."""
+    from mmr1.config import load_config
+    from mmr1.retrv import attach_icm
+
+    lm = lms("qwen2_5_vl")
+    rr = attach_icm(load_config(CPU), lm)
+    trainable = {id(p) for p in lm.model.parameters() if p.requires_grad}
+    assert all(id(p) in trainable for p in rr.icm.parameters())
