@@ -14,7 +14,7 @@ from mmr1.retrieval.inspect import InspectTool, inspection_config
 from mmr1.retrieval.prompts import build_rerank_prompt
 from mmr1.retrieval.reward import INSPECT_END, INSPECT_START
 from mmr1.retrieval.world import make_cir_world
-from mmr1.rollout.agent import AgentConfig, AgentLoop, build_agent_batch
+from mmr1.rollout.agent import AgentLoop
 from mmr1.rollout.batch import build_batch, build_grouped_batch, encode_prompts
 from mmr1.rollout.hf import HFEngine
 

@@ -19,6 +19,9 @@ Per seed (the seed also draws the world, so each seed is another world):
 Stages write STAGE/result.json when done (`experiment.run_stage`), so rerunning resumes. The run ends in
 OUT/results.json and OUT/results.md (mean ± std over seeds). Peak memory: the CUDA allocator's peak on a GPU;
 on the CPU the process's peak RSS (monotone over a run, so only a rough ceiling).
+
+With a KL term (algorithm.beta > 0) the reference model reads the same compressed prompts: the placeholder
+values come from the policy's ICM (the reference has none of its own), a choice the paper does not settle.
 """
 
 from __future__ import annotations
@@ -149,21 +152,19 @@ def loop_prompt(cfg: Config, rr: CompressedReranker, rp: RerankPrompt, query) ->
 def sft_samples(cfg: Config, rr: CompressedReranker, data, ranking) -> tuple[list, dict, dict]:
     """Teacher samples (inspect mode), their first turn swapped for `retrv.sft_mode`'s prompt; returns
     (samples, teacher stats, sample id -> (prompt, tool context) for RL and the SFT overrides)."""
-    from .retrieval.teacher import world_teacher_samples
+    from .retrieval.teacher import cot_sample, world_cot, world_teacher_samples
 
     r = cfg.retrv
     samples, stats = world_teacher_samples(data, ranking, "inspect", max_inspections=r.max_inspections,
                                            base=r.index_base)
     by_qid = {q.qid: q for q in data.queries}
-    mode = "inspect" if r.sft_mode == "inspect" else r.sft_mode
+    mode = r.sft_mode
     rps = {p.qid: p for p in prompts_for(cfg, data, ranking, mode, None)}
     out, prompts = [], {}
     for s in samples:
         rp = rps[s.meta["qid"]]
         n_img = sum(p.get("type") == "image" for p in s.messages[0]["content"])
-        if mode == "full":  # full mode shows every candidate; the teacher's inspections are not needed there
-            from .retrieval.teacher import cot_sample, world_cot
-
+        if mode == "full":  # full mode shows every candidate: the teacher verifies inline, no inspection
             cot = world_cot(rp, by_qid[rp.qid], r.max_inspections)
             s2 = cot_sample(rp, cot) if cot is not None else None
         else:
