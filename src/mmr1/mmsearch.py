@@ -38,7 +38,7 @@ from .data.schema import Sample, assistant_turn, count_image_parts, load_image
 from .errors import ConfigError
 from .experiment import derive_config, fingerprint, fmt_mean_std, run_stage
 from .rollout.agent import AgentLoop, ObservationFormat
-from .tools import IMAGE_MARKER, ToolResult
+from .tools import IMAGE_MARKER, ToolResult, marked_parts
 from .train.agent_grpo import (agent_config, build_search_reward, fit_agent, question_of, searched,
                                trajectory_metrics)
 from .train.grpo import mean_first_last
@@ -191,11 +191,8 @@ def with_tool_observations(sample: Sample, tools: dict, fmt: ObservationFormat) 
             res = tools[obs.tool](obs.query, images=[load_image(images[0])])
             if f"1. {IMAGE_MARKER} {sample.meta['name']}\n" not in res.text:
                 return None
-            pieces = fmt.success(obs.tool, res.text, question_of(sample)).split(IMAGE_MARKER)
-            parts = [{"type": "text", "text": pieces[0]}]
-            for piece in pieces[1:]:
-                parts += [{"type": "image"}, {"type": "text", "text": piece}]
-            messages.append({"role": "user", "content": [x for x in parts if x["type"] == "image" or x["text"]]})
+            text = fmt.success(obs.tool, res.text, question_of(sample))
+            messages.append({"role": "user", "content": marked_parts(text, len(res.images))})
             images += res.images
     return Sample(id=sample.id, messages=messages, images=images, answers=sample.answers,
                   answer_type=sample.answer_type, category=sample.category, source=sample.source, meta=sample.meta)

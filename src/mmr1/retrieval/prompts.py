@@ -35,7 +35,7 @@ from typing import Sequence
 from ..data.schema import Sample, assistant_turn
 from ..data.worlds.scenes import plural
 from ..models.overrides import PLACEHOLDER
-from ..tools import IMAGE_MARKER
+from ..tools import IMAGE_MARKER, marked_parts
 from .data import Candidate, RetrievalQuery
 from .reward import INSPECT_END, INSPECT_START
 
@@ -105,19 +105,6 @@ class RerankPrompt:
 
 
 # ------------------------------------------------------------------------------------------ pieces
-
-
-def marked_parts(text: str, n_images: int) -> list[dict]:
-    """Message content parts of `text`, with an image part at each IMAGE_MARKER (or all `n_images` first when
-    there is no marker), empty text parts dropped: the layout the agent loop gives an observation turn."""
-    if IMAGE_MARKER in text:
-        pieces = text.split(IMAGE_MARKER)
-        parts = [{"type": "text", "text": pieces[0]}]
-        for p in pieces[1:]:
-            parts += [{"type": "image"}, {"type": "text", "text": p}]
-    else:
-        parts = [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
-    return [p for p in parts if p["type"] == "image" or p["text"]]
 
 
 def scene_handle(objects: Sequence[Sequence], by: str = "shape") -> str:

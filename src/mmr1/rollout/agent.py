@@ -43,7 +43,7 @@ import torch
 
 from ..models.forward import rope_positions, unwrap
 from ..models.overrides import OVERRIDES_KEY, embed_inputs
-from ..tools import IMAGE_MARKER, Tool, ToolResult, ToolRunner, ToolStats, refusal_text
+from ..tools import IMAGE_MARKER, Tool, ToolResult, ToolRunner, ToolStats, marked_parts, refusal_text
 from .batch import Prompt, blank_rows, encode_prompts, vision_batch
 from .hf import HFEngine
 
@@ -651,14 +651,7 @@ class AgentLoop:
     def _observation_text(self, text: str, n_images: int) -> str:
         """The chat-template rendering of an observation user turn, from the end of the assistant's content
         (its closing end token) to the next assistant header."""
-        if IMAGE_MARKER in text:
-            pieces = text.split(IMAGE_MARKER)
-            parts = [{"type": "text", "text": pieces[0]}]
-            for p in pieces[1:]:
-                parts += [{"type": "image"}, {"type": "text", "text": p}]
-        else:
-            parts = [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
-        parts = [p for p in parts if p["type"] == "image" or p["text"]]
+        parts = marked_parts(text, n_images)
         msgs = [{"role": "user", "content": [{"type": "text", "text": "?"}]},
                 {"role": "assistant", "content": _PLACEHOLDER},
                 {"role": "user", "content": parts}]

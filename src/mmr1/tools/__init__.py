@@ -35,6 +35,20 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 IMAGE_MARKER = "<tool_image>"
 
 
+def marked_parts(text: str, n_images: int) -> list[dict]:
+    """Message content parts of `text`, with an image part at each IMAGE_MARKER (or all `n_images` first when
+    there is no marker), empty text parts dropped: the one layout of an observation turn, shared by the agent
+    loop and every builder of SFT samples that must encode what the loop builds."""
+    if IMAGE_MARKER in text:
+        pieces = text.split(IMAGE_MARKER)
+        parts = [{"type": "text", "text": pieces[0]}]
+        for p in pieces[1:]:
+            parts += [{"type": "image"}, {"type": "text", "text": p}]
+    else:
+        parts = [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
+    return [p for p in parts if p["type"] == "image" or p["text"]]
+
+
 @dataclass
 class ToolResult:
     text: str

@@ -40,7 +40,7 @@ from typing import Callable
 from PIL import Image, ImageDraw
 
 from ...errors import ConfigError
-from ...tools import IMAGE_MARKER
+from ...tools import IMAGE_MARKER, marked_parts
 from ..schema import Sample, assistant_turn, count_image_parts, user_turn
 from .scenes import COLOURS, SPLIT_BUCKETS, _shape
 
@@ -456,14 +456,10 @@ def teacher_messages(sample: Sample, render: Callable | None = None) -> tuple[li
         if k < len(t.observations):
             obs = t.observations[k]
             text = render(obs.tool, obs.text, sample.meta["question"])
-            pieces = text.split(IMAGE_MARKER)
-            if len(pieces) - 1 != len(obs.images):
-                raise ConfigError(f"observation of {sample.id}: {len(pieces) - 1} image markers for "
+            if text.count(IMAGE_MARKER) != len(obs.images):
+                raise ConfigError(f"observation of {sample.id}: {text.count(IMAGE_MARKER)} image markers for "
                                   f"{len(obs.images)} image(s)")
-            parts = [{"type": "text", "text": pieces[0]}]
-            for piece in pieces[1:]:
-                parts += [{"type": "image"}, {"type": "text", "text": piece}]
-            messages.append({"role": "user", "content": [x for x in parts if x["type"] == "image" or x["text"]]})
+            messages.append({"role": "user", "content": marked_parts(text, len(obs.images))})
             images += obs.images
     return messages, images
 
