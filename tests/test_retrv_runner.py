@@ -28,9 +28,10 @@ def test_runner_end_to_end_and_resume(tmp_path):
         assert ev["compressed"]["inspections"] == 0 == ev["full"]["inspections"]
         assert ev["compressed"]["prompt_tokens"] < ev["full"]["prompt_tokens"]
         assert all(0 <= ev[m]["R@1"] <= 1 and ev[m]["time_s"] > 0 for m in EVAL_MODES)
-    assert len(s["table"]["rows"]) == 1 + 3 * 3
+    assert 0 <= res["results"]["first_stage"][0]["position_prior"]["R@1"] <= 1
+    assert len(s["table"]["rows"]) == 2 + 3 * 3
     md = (out / "results.md").read_text()
-    assert "| first stage (embedder) |" in md and "compression + inspection" in md
+    assert "| first stage (embedder) |" in md and "| position prior" in md and "compression + inspection" in md
     sft_dir = res["stages"]["sft"][0]["path"]
     assert InformationCompressionModule.from_pretrained(sft_dir).cfg.tokens_per_candidate == 2
     # rerun through the CLI: every stage is found finished, nothing is retrained

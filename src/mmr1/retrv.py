@@ -3,7 +3,8 @@ candidates keep the accuracy of full candidates at a fraction of the prompt, and
 
 Per seed (the seed also draws the world, so each seed is another world):
 
-1. **First stage** (`first_stage.evaluate_first_stage`): R@1 / R@5 of the embedder, and the top-K it passes on.
+1. **First stage** (`first_stage.evaluate_first_stage`): R@1 / R@5 of the embedder, and the top-K it passes on;
+   and the R@1 of a position prior (`position_prior`: always the train split's most frequent gold position).
 2. **ICM self-alignment** (LM frozen): the ICM's 2 tokens of a candidate must let the LM say the candidate's
    description (`compression.self_alignment_loss`).
 3. **Activation SFT** on the four-phase teacher CoTs (`teacher.world_teacher_samples`, inspect mode). With
@@ -30,6 +31,7 @@ import json
 import logging
 import resource
 import time
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -78,12 +80,24 @@ def first_stage(cfg: Config, data):
     return evaluate_first_stage(data, emb, r.top_k, r.recall_ks, fusion=fusion, text_weight=r.text_weight)
 
 
-def vocab_text(train) -> str:
+def vocab_text(train, ranking) -> str:
     """What the tiny tokenizer learns merges from: the world's prompts, candidate texts and teacher turns."""
     from .retrieval.prompts import INSTRUCTION, VERIFY_INSPECT
+    from .retrieval.teacher import world_teacher_samples
 
+    turns = [p["text"] for s in world_teacher_samples(train, ranking, "inspect")[0] for m in s.messages[1:]
+             if m["role"] == "assistant" for p in m["content"]]
     lines = [INSTRUCTION, VERIFY_INSPECT] + [q.text for q in train.queries] + [c.text for c in train.pool.values()]
-    return "\n".join(lines)
+    return "\n".join(lines + turns)
+
+
+def position_prior(cfg: Config, train, r_train, test, r_test) -> dict:
+    """A reranker that reads nothing: it always answers the top-K position where the gold candidate sits most
+    often in the train split. Its test R@1 is the bar a trained reranker must clear to have read anything."""
+    golds = Counter(p.gold for p in prompts_for(cfg, train, r_train, "inspect", 0) if p.gold is not None)
+    pos = golds.most_common(1)[0][0] if golds else 0
+    test_golds = [p.gold for p in prompts_for(cfg, test, r_test, "inspect", 0)]
+    return {"R@1": sum(g == pos for g in test_golds) / max(len(test_golds), 1), "position": pos + cfg.retrv.index_base}
 
 
 def attach_icm(cfg: Config, lm, path: str | None = None) -> CompressedReranker:
@@ -274,6 +288,7 @@ class RetrvExperiment:
             train, test = worlds(c, seed)
             r_train, _ = first_stage(c, train)
             r_test, recall = first_stage(c, test)
+            recall["position_prior"] = position_prior(c, train, r_train, test, r_test)
             self._data[seed] = (c, train, test, r_train, r_test, recall)
         return self._data[seed]
 
@@ -285,7 +300,7 @@ class RetrvExperiment:
                 from .models.tiny import build_tiny_model
 
                 build_tiny_model(target, family=c.model.tiny_family, size=c.model.tiny_size, seed=seed,
-                                 extra_text=vocab_text(train), vocab_size=TINY_VOCAB)
+                                 extra_text=vocab_text(train, r_train), vocab_size=TINY_VOCAB)
             lm = build_model(c, path=c.model.path or str(target))
             torch.manual_seed(seed)
             rr = attach_icm(c, lm)
@@ -352,13 +367,16 @@ class RetrvExperiment:
 
 
 def results_table(results: dict[str, list[dict]]) -> dict:
-    """Rows: first stage, then each trained reranker × evaluation mode; mean ± std over seeds."""
+    """Rows: first stage, position prior, then each trained reranker × evaluation mode; mean ± std over seeds."""
     columns = ["reranker", "R@5", *[c for _, c in COLUMNS]]
     rows = []
     fs = results.get("first_stage") or []
     if fs:
         rows.append(["first stage (embedder)", fmt_mean_std([x.get("R@5", float("nan")) for x in fs]),
                      fmt_mean_std([x["R@1"] for x in fs]), "-", "-", "-", "-"])
+        if all("position_prior" in x for x in fs):
+            rows.append(["position prior (train's most frequent gold position)", "-",
+                         fmt_mean_std([x["position_prior"]["R@1"] for x in fs]), "-", "-", "-", "-"])
     for stage, evals in results.items():
         if stage == "first_stage" or not evals:
             continue

@@ -7,12 +7,12 @@ Every CoT has the paper's fixed structure: (1) hypothesise the ideal result, (2)
 Two teachers:
 
 - `world_cot`, programmatic, for the synthetic composed-image world (`world.make_cir_world`): it reads the
-  scene structure in the query's meta (reference, edit, target) and each candidate's objects. Phase 2 rules
-  out candidates whose handle (object count and colours, what "inspect" mode shows) differs from the
-  target's; phase 3 inspects the survivors in the order shown until one is exactly the target, saying what
-  each inspected one shows and how it differs. It never uses the gold label to pick what to inspect, so
-  its inspections are ones a model could have chosen; a CoT that would need more than `max_inspections`
-  calls is not produced (None).
+  scene structure in the query's meta (edit, target) and each candidate's objects, and is terse (a tiny
+  model has to learn it): phase 1 names the target's handle, phase 2 rules out the candidates whose handle
+  (object count and shapes, what "inspect" mode shows) differs from it, phase 3 inspects the survivors in
+  the order shown until one is exactly the target, saying "match" or "no" for each, phase 4 names it. It
+  never uses the gold label to pick what to inspect, so its inspections are ones a model could have chosen;
+  a CoT that would need more than `max_inspections` calls is not produced (None).
 - `api_cot`, over an OpenAI-compatible endpoint (`clients.ChatClient`, e.g. Qwen2.5-VL-72B as in the
   paper) for real data: the endpoint sees the query, every candidate's full content, the handles the
   reranker will see and the gold index, and writes the CoT; it is kept only if `reward.check_format`
@@ -37,7 +37,6 @@ from .inspect import INSPECT_TOOL, InspectTool, inspection_format
 from .prompts import (RerankPrompt, build_rerank_prompt, candidate_handle, marked_parts, openai_content,
                       scene_handle)
 from .reward import INSPECT_END, INSPECT_START, check_format, find_inspections, pending_inspection
-from .world import describe
 
 _CALL_END = re.compile(re.escape(INSPECT_END))
 _WHAT = {"shape": "shapes", "colour": "colours"}
@@ -65,14 +64,6 @@ class TeacherCoT:
 def _numbers(xs: Sequence[int]) -> str:
     xs = [str(x) for x in xs]
     return xs[0] if len(xs) == 1 else ", ".join(xs[:-1]) + " and " + xs[-1]
-
-
-def _cands(xs: Sequence[int]) -> str:
-    return ("candidate " if len(xs) == 1 else "candidates ") + _numbers(xs)
-
-
-def _has(xs: Sequence) -> str:
-    return "has" if len(xs) == 1 else "have"
 
 
 def split_turns(text: str) -> list[str]:
@@ -129,31 +120,8 @@ def cot_sample(prompt: RerankPrompt, cot: TeacherCoT, tool=None, fmt=None, sampl
 # --------------------------------------------------------------------------------- the world teacher
 
 
-def _grid(meta: dict) -> int:
-    """The world's grid size: the one whose place names reproduce the query's reference text."""
-    for g in range(2, 10):
-        if describe(meta["reference"], g) == meta.get("reference_text"):
-            return g
-    return 3
-
-
 def _objs(objects) -> set[tuple]:
     return {tuple(o) for o in objects}
-
-
-def _verdict(objects, target, grid: int) -> str:
-    """Why a layout is or is not the target, in words."""
-    have, want = _objs(objects), _objs(target)
-    if have == want:
-        return "exactly the ideal result"
-    extra, missing = sorted(have - want), sorted(want - have)
-    if extra and missing:
-        why = f"it has {describe(extra, grid)} where the ideal result has {describe(missing, grid)}"
-    elif extra:
-        why = f"it also has {describe(extra, grid)}"
-    else:
-        why = f"it lacks {describe(missing, grid)}"
-    return why + ", so it is not the one"
 
 
 def world_cot(prompt: RerankPrompt, query: RetrievalQuery, max_inspections: int = 5,
@@ -173,48 +141,38 @@ def world_cot(prompt: RerankPrompt, query: RetrievalQuery, max_inspections: int 
     gold, base = prompt.gold, prompt.context.base
     if gold is None:
         return None
-    grid, target = _grid(meta), meta["target"]
+    target = meta["target"]
     if _objs(cands[gold].meta["objects"]) != _objs(target):
         raise DataError(f"the gold candidate {cands[gold].did} is not the query's target scene", file=query.qid)
     by = prompt.meta.get("scene_by", "shape")
     t_handle = scene_handle(target, by)
     handles = prompt.handles or [scene_handle(c.meta["objects"], by) for c in cands]
     num = lambda i: i + base  # noqa: E731
-    text = (f"<think> Phase 1, the ideal result: the query image shows {meta['reference_text']}. The query asks for "
-            f"{query.text}, so the ideal result shows {describe(target, grid)} ({t_handle}).")
+    text = f"<think> Phase 1: the ideal result has {t_handle}."
     count = [i for i, c in enumerate(cands) if len(c.meta["objects"]) != len(target)]
     other = [i for i in range(len(cands)) if i not in count and handles[i] != t_handle]
-    out = []
-    if count:
-        out.append(f"{_cands([num(i) for i in count])} {_has(count)} another number of objects")
-    if other:
-        out.append(f"{_cands([num(i) for i in other])} {_has(other)} other {_WHAT.get(by, 'details')}")
-    text += " Phase 2, clear negatives: " + (
-        " and ".join(out) + f", so {'it is' if len(count) + len(other) == 1 else 'they are'} out." if out
-        else "none, every candidate fits at a glance.")
+    out = [f"{_numbers([num(i) for i in xs])} ({why})" for xs, why in ((count, "count"), (other, _WHAT.get(by, by)))
+           if xs]
+    text += (" Phase 2: out " + "; ".join(out) + ".") if out else " Phase 2: none out."
     hard = [i for i in range(len(cands)) if i not in count and i not in other]
     turns, inspected = [], []
     if len(hard) == 1 and not inspect_single:
-        text += f" Phase 3, hard candidates: only candidate {num(hard[0])} fits, so there is nothing left to verify."
+        text += f" Phase 3: only {num(hard[0])} fits, nothing left to verify."
     else:
-        one = len(hard) == 1
-        verb = ("I inspect it" if one else "I inspect them one by one") if prompt.mode == "inspect" else \
-            ("I check its details" if one else "I check their details")
-        text += (f" Phase 3, hard candidates: {_cands([num(i) for i in hard])} {'fits' if one else 'fit'} "
-                 f"at a glance; {verb}.")
+        text += f" Phase 3: check {_numbers([num(i) for i in hard])}."
         for i in hard:
-            objs = cands[i].meta["objects"]
+            verdict = f"Candidate {num(i)}: {'match' if _objs(cands[i].meta['objects']) == _objs(target) else 'no'}."
             if prompt.mode == "inspect":
                 if len(inspected) >= max_inspections:
                     return None
-                turns.append(f"{text} Candidate {num(i)}: {INSPECT_START}{num(i)}{INSPECT_END}")
+                turns.append(f"{text} {INSPECT_START}{num(i)}{INSPECT_END}")
                 inspected.append(i)
-                text = f"Candidate {num(i)} shows {describe(objs, grid)}: {_verdict(objs, target, grid)}."
+                text = verdict
             else:
-                text += f" Candidate {num(i)} shows {describe(objs, grid)}: {_verdict(objs, target, grid)}."
+                text += " " + verdict
             if i == gold:
                 break
-    text += f" Phase 4: candidate {num(gold)} is the ideal result. </think><answer>{num(gold)}</answer>"
+    text += f" Phase 4: candidate {num(gold)}. </think><answer>{num(gold)}</answer>"
     turns.append(text)
     return TeacherCoT([t.strip() for t in turns], gold, inspected, "world")
 
