@@ -91,3 +91,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def fmt_mean_std(values: list[float], digits: int = 3) -> str:
     mu, sd = mean_std(values)
     return f"{mu:.{digits}f} ± {sd:.{digits}f}"
+
+
+def markdown_rows(table: dict) -> list[str]:
+    """A {"columns", "rows"} table as Markdown lines: header, rule, one line a row."""
+    cols = table["columns"]
+    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in table["rows"])]

@@ -36,7 +36,7 @@ from .build import build_model, build_samples
 from .config import Config, load_config, to_dict
 from .data.schema import Sample, assistant_turn, count_image_parts, load_image
 from .errors import ConfigError
-from .experiment import derive_config, fingerprint, fmt_mean_std, run_stage
+from .experiment import derive_config, fingerprint, fmt_mean_std, markdown_rows, run_stage
 from .rollout.agent import AgentLoop, ObservationFormat
 from .tools import IMAGE_MARKER, ToolResult, marked_parts
 from .train.agent_grpo import (agent_config, build_search_reward, fit_agent, question_of, searched,
@@ -443,9 +443,8 @@ def markdown(table: dict, summary: dict) -> str:
              f"{summary['seeds']} ({summary['seconds']:.0f} s in all). Search ratio: share of questions with at "
              f"least one search call. RL: G = {s['group_size']}, {s['rl_steps']} steps, beta = {s['beta']}, "
              f"≤ {s['max_rounds']} rounds, top-{s['top_k']} results; the penalty run uses p = {s['search_penalty']}. "
-             "Always search: round 1 is the image-search turn; never search: one round, no tools.", "",
-             "| " + " | ".join(table["columns"]) + " |", "|" + "---|" * len(table["columns"])]
-    lines += ["| " + " | ".join(row) + " |" for row in table["rows"]]
+             "Always search: round 1 is the image-search turn; never search: one round, no tools.", ""]
+    lines += markdown_rows(table)
     return "\n".join(lines) + "\n"
 
 

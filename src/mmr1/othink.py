@@ -27,7 +27,7 @@ from .build import build_model, build_samples
 from .config import Config, OThinkTask, build_section, load_config
 from .errors import ConfigError
 from .eval.evaluate import evaluate
-from .experiment import check_experiment, derive_config, fingerprint, mean_std, run_stage
+from .experiment import check_experiment, derive_config, fingerprint, mean_std, markdown_rows, run_stage
 from .plots import write_line_charts
 from .train.grpo import fit
 from .train.sft import train_sft
@@ -204,9 +204,8 @@ def results_table(records: list[dict], tasks: list[str], methods: list[str]) -> 
 def markdown(table: dict, summary: dict) -> str:
     lines = [f"Accuracy on held-out data (train task→eval task), mean ± sample std over seeds {summary['seeds']} "
              f"({summary['seconds']:.0f} s in all). GRPO: constant beta; GRPO-D: dynamic beta; same-/cross-task: "
-             "mean of the diagonal / off-diagonal cells.", "",
-             "| " + " | ".join(table["columns"]) + " |", "|" + "---|" * len(table["columns"])]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in table["rows"]]
+             "mean of the diagonal / off-diagonal cells.", ""]
+    lines += markdown_rows(table)
     return "\n".join(lines) + "\n"
 
 

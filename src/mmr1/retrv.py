@@ -40,7 +40,7 @@ import torch
 from .build import build_model
 from .config import Config, load_config, to_dict
 from .data.encode import with_system
-from .experiment import derive_config, fingerprint, fmt_mean_std, run_stage
+from .experiment import derive_config, fingerprint, fmt_mean_std, markdown_rows, run_stage
 from .models.forward import unwrap
 from .retrieval.compressed import CompressedReranker
 from .retrieval.compression import ICMConfig, InformationCompressionModule, self_alignment_loss
@@ -397,9 +397,8 @@ def markdown(table: dict, summary: dict) -> str:
              f"{summary['seeds']} ({summary['seconds']:.0f} s in all). K = {s['top_k']}, ≤ {s['max_inspections']} "
              f"inspections, SFT prompts: {s['sft_mode']}, {s['align_steps']} self-alignment steps, RL: "
              f"{s['rl_steps']} steps, G = {s['group_size']}, fixed λ = {s['lambda_fixed']}. Peak memory: CUDA peak "
-             "on a GPU, process peak RSS on the CPU.", "",
-             "| " + " | ".join(table["columns"]) + " |", "|" + "---|" * len(table["columns"])]
-    lines += ["| " + " | ".join(row) + " |" for row in table["rows"]]
+             "on a GPU, process peak RSS on the CPU.", ""]
+    lines += markdown_rows(table)
     return "\n".join(lines) + "\n"
 
 

@@ -30,7 +30,7 @@ from .data.loaders import load_samples
 from .data.schema import assistant_turn
 from .errors import ConfigError
 from .eval.evaluate import evaluate
-from .experiment import check_experiment, derive_config, fingerprint, fmt_mean_std, run_stage
+from .experiment import check_experiment, derive_config, fingerprint, fmt_mean_std, markdown_rows, run_stage
 from .train.grpo import fit, mean_first_last
 from .train.sft import train_sft
 from .ui import print_table
@@ -202,9 +202,8 @@ def results_table(results: dict[str, list[dict]]) -> dict:
 def markdown(table: dict, summary: dict) -> str:
     stages = " → ".join(f"{s['max_new_tokens']}×{s['group_size']} ({s['steps']} steps)" for s in summary["stages"])
     lines = [f"Held-out accuracy, mean ± sample std over seeds {summary['seeds']}; PTST stages {stages}; "
-             f"{summary['seconds']:.0f} s in all.", "",
-             "| " + " | ".join(table["columns"]) + " |", "|" + "---|" * len(table["columns"])]
-    lines += ["| " + " | ".join(row) + " |" for row in table["rows"]]
+             f"{summary['seconds']:.0f} s in all.", ""]
+    lines += markdown_rows(table)
     if summary["ptst_stages"]:
         lines += ["", "PTST, per stage (each evaluated at its own length; seed-mean):", "",
                   "| stage | accuracy | mean output tokens | truncated | sampled reward first → last |",
