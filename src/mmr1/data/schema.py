@@ -89,8 +89,10 @@ def assistant_turn(text: str) -> dict:
     return {"role": "assistant", "content": [{"type": "text", "text": text}]}
 
 
-def load_image(ref: ImageRef, *, source: str = "", field: str = "image") -> Image.Image:
-    """Decode an image to RGB, or raise a DataError that names the record and what is wrong."""
+def load_image(ref: ImageRef, *, source: str = "", field: str = "image",
+               root: str | Path | None = None) -> Image.Image:
+    """Decode an image to RGB, or raise a DataError that names the record and what is wrong. A relative path is
+    taken relative to `root` when given."""
     file, _, row = source.rpartition(":") if source else ("", "", "")
     where = dict(file=file or source or None, row=row or None, field=field)
     try:
@@ -99,7 +101,9 @@ def load_image(ref: ImageRef, *, source: str = "", field: str = "image") -> Imag
         elif isinstance(ref, (bytes, bytearray)):
             img = Image.open(io.BytesIO(ref))
         elif isinstance(ref, (str, Path)):
-            p = Path(ref)
+            p = Path(ref).expanduser()
+            if root is not None and not p.is_absolute():
+                p = Path(root) / p
             if not p.exists():
                 raise DataError(f"image file not found: {p}", **where)
             img = Image.open(p)

@@ -76,17 +76,9 @@ class RetrievalSet:
 
 
 def _load_image(image, root):
-    if image is None:
-        return None
-    if isinstance(image, (str, Path)):
-        from PIL import Image
+    from ..data.schema import load_image
 
-        p = Path(image)
-        if root is not None and not p.is_absolute():
-            p = Path(root) / p
-        with Image.open(p) as im:
-            return im.convert("RGB")
-    return image
+    return None if image is None else load_image(image, root=root)
 
 
 # ------------------------------------------------------------------------------------------ loading

@@ -205,33 +205,16 @@ def _check(rec: Any, pos: int, source: str | None) -> tuple[str, str, str, Any, 
 
 
 def load_image(value: Any, base_dir: Path | None = None):
-    """A record's image value as an RGB PIL image (None stays None); raises OSError/ValueError if unreadable."""
-    from PIL import Image
+    """A record's image value (path, bytes, PIL image or HF {"bytes", "path"} dict) as an RGB PIL image, None
+    staying None: the data loaders' `image_ref` + `load_image`, which raise a DataError if it is unreadable."""
+    from ..data.formats import image_ref
+    from ..data.schema import load_image as decode
 
     if value is None:
         return None
-    if isinstance(value, Image.Image):
-        value.load()
-        return value.convert("RGB")
-    if isinstance(value, dict):
-        if value.get("bytes") is not None:
-            value = value["bytes"]
-        elif value.get("path"):
-            value = value["path"]
-        else:
-            raise ValueError("an image dict needs 'bytes' or 'path'")
-    if isinstance(value, (bytes, bytearray)):
-        im = Image.open(io.BytesIO(value))
-    elif isinstance(value, (str, os.PathLike)):
-        p = Path(value).expanduser()
-        if not p.is_absolute() and base_dir is not None:
-            p = base_dir / p
-        im = Image.open(p)
-    else:
-        raise ValueError(f"expected a path, PIL image, bytes or {{'bytes'|'path'}} dict, got {type(value).__name__}")
-    with im:
-        im.load()
-        return im.convert("RGB")
+    if isinstance(value, os.PathLike):
+        value = Path(value)
+    return decode(image_ref(value, "image"), root=base_dir)
 
 
 def read_records(path: str | Path) -> Iterable[dict]:
@@ -388,7 +371,7 @@ def _build_chunk(chunk, start, c, fps, work, embedder, dense_text, thumb_size, o
                 raise DataError(f"record {rid!r} (#{pos}): duplicate id", file=source, row=row, field="id")
             try:
                 img = load_image(value, base)
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            except (DataError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
                 what = f" {str(value)!r}" if isinstance(value, (str, os.PathLike)) else ""
                 raise DataError(f"record {rid!r} (#{pos}): cannot read image{what}: {type(e).__name__}: {e}",
                                 file=source, row=row, field="image") from None
