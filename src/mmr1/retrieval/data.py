@@ -76,9 +76,10 @@ class RetrievalSet:
 
 
 def _load_image(image, root):
+    """A path is decoded (relative to `root`); an in-memory image (the synthetic world's) is returned as it is."""
     from ..data.schema import load_image
 
-    return None if image is None else load_image(image, root=root)
+    return load_image(image, root=root) if isinstance(image, (str, Path)) else image
 
 
 # ------------------------------------------------------------------------------------------ loading
