@@ -24,9 +24,10 @@ def build_model(cfg: Config, run_path: Path | None = None, path: str | None = No
         if run_path is None:
             raise DataError("model.path is empty and there is no run directory to build a tiny model in")
         target = run_path / "model"
-        if not (target / "config.json").exists():
+        if not (target / "config.json").exists() and dist.is_main():
             log.info("building tiny %s model (size %s) in %s", m.tiny_family, m.tiny_size, target)
             build_tiny_model(target, family=m.tiny_family, size=m.tiny_size, seed=cfg.trainer.seed)
+        dist.barrier()  # the other ranks load what the main rank built
     lora = None
     if m.lora.enabled:
         lora = dict(r=m.lora.r, alpha=m.lora.alpha, dropout=m.lora.dropout,

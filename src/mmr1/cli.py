@@ -432,9 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
+    rank0 = os.environ.get("RANK", "0") == "0"  # other ranks print warnings only; all keep RUN/log.rankN.txt
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for h in logging.getLogger().handlers:
+        h.setLevel(logging.INFO if rank0 else logging.WARNING)
     _quiet_libraries()
+    from . import dist
+
     try:
+        dist.init()  # under torchrun: join the process group (gloo on the CPU, nccl on GPUs)
         return a.fn(a)
     except MMR1Error as e:
         if a.debug:
@@ -444,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"stopped: {e or 'interrupted'}", file=sys.stderr)
         return 130
+    finally:
+        dist.close()
 
 
 if __name__ == "__main__":

@@ -79,6 +79,8 @@ class RolloutConfig:
     group_size: int = _f(8, "completions per prompt (G)", min=1)
     batch_size: int = _f(32, "sequences per generation batch (eval: prompts; RL: prompts x group_size)", min=1)
     stop: list = _f([], "stop strings: a completion ends right after the first one it produces")
+    seed_per_prompt: bool = _f(False, "RL: sample each prompt from its own seeded stream, so rollouts do not depend "
+                                      "on batch size or world size (always on under torchrun)")
 
 
 @dataclass
@@ -126,6 +128,8 @@ class TrainerConfig:
     save_every: int = _f(50, "checkpoint every N steps (0: only at the end)", min=0)
     keep_checkpoints: int = _f(2, "how many step checkpoints to keep", min=1)
     resume: bool = _f(True, "resume from the latest checkpoint in the run directory")
+    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (SFT and RL policy "
+                                             "passes): less memory, about a third more compute")
 
 
 @dataclass
@@ -513,6 +517,10 @@ def to_dict(cfg) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
+    from . import dist
+
+    if not dist.is_main():  # one writer under data parallelism
+        return
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 

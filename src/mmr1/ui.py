@@ -13,8 +13,10 @@ console = Console(stderr=True)
 
 @contextmanager
 def progress_bar(description: str, total: int, enabled: bool = True):
-    """Yields advance(n); a no-op when disabled."""
-    if not enabled:
+    """Yields advance(n); a no-op when disabled and on every rank but the main one."""
+    from . import dist
+
+    if not enabled or not dist.is_main():
         yield lambda n=1: None
         return
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -24,6 +26,10 @@ def progress_bar(description: str, total: int, enabled: bool = True):
 
 
 def print_table(title: str, columns: list[str], rows: list[list]) -> None:
+    from . import dist
+
+    if not dist.is_main():
+        return
     table = Table(title=title)
     for c in columns:
         table.add_column(c)

@@ -129,3 +129,9 @@ def shift_labels(labels: torch.Tensor) -> torch.Tensor:
     targets = torch.full_like(labels, -100)
     targets[:, :-1] = labels[:, 1:]
     return targets
+
+
+def set_gradient_checkpointing(model, on: bool) -> None:
+    """Recompute each layer's activations in backward (non-reentrant: works with frozen inputs and LoRA)."""
+    if on:
+        unwrap(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

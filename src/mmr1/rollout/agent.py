@@ -312,7 +312,8 @@ class AgentLoop:
     # ------------------------------------------------------------------------------------ public
 
     @torch.no_grad()
-    def run(self, prompts: list[Prompt], *, n: int = 1, generator: torch.Generator | None = None,
+    def run(self, prompts: list[Prompt], *, n: int = 1,
+            generator: torch.Generator | list[torch.Generator] | None = None,
             questions: Sequence[str] | None = None, script: Script | None = None,
             contexts: Sequence[Any] | None = None) -> list[list[Trajectory]]:
         """n trajectories per (messages, images) prompt, grouped per prompt, in order.
@@ -324,7 +325,9 @@ class AgentLoop:
         token ids instead of sampling them: a mapping round -> ids (or text, tokenised with the model's
         tokenizer) for every trajectory, or a callable (trajectory, round) -> ids | text | None.
         Scripted ids are fed through the same decode loop: they get the model's log-probs, mask 1, and
-        the same stop rules and budgets as sampled ids.
+        the same stop rules and budgets as sampled ids. `generator` may be one per prompt: each trajectory
+        then draws from its own stream, one uniform per token it samples, so the result does not depend
+        on which other trajectories share a batch (data-parallel ranks sample what one process would).
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -332,6 +335,11 @@ class AgentLoop:
             raise ValueError(f"{len(questions)} questions for {len(prompts)} prompts")
         if contexts is not None and len(contexts) != len(prompts):
             raise ValueError(f"{len(contexts)} contexts for {len(prompts)} prompts")
+        if isinstance(generator, list):
+            if len(generator) != len(prompts):
+                raise ValueError(f"{len(generator)} generators for {len(prompts)} prompts")
+            generator = {(i, j): torch.Generator(g.device).manual_seed(g.initial_seed() * 1_000_003 + j)
+                         for i, g in enumerate(generator) for j in range(n)}
         cfg = self.cfg
         model = self.lm.model
         was_training = model.training
@@ -542,7 +550,10 @@ class AgentLoop:
         max_stop = max((len(s) for s in self._stop), default=0)
         while True:
             u = None
-            if cfg.do_sample:
+            if cfg.do_sample and isinstance(generator, dict):  # a stream per trajectory, drawn while it samples
+                u = torch.cat([torch.rand(1, generator=generator[rows[r].prompt_index, rows[r].sample_index])
+                               if finish[r] is None else torch.zeros(1) for r in live]).to(logits.device)
+            elif cfg.do_sample:
                 u = torch.rand(R, generator=generator, device=generator.device if generator else "cpu")
                 u = u[torch.tensor(live)].to(logits.device)
             picked, picked_lp = eng._pick(logits, cfg.temperature, cfg.top_p, cfg.do_sample, u)

@@ -49,7 +49,8 @@ class HFEngine:
     @torch.no_grad()
     def sample(self, prompts: list[Prompt], *, n: int = 1, max_new_tokens: int | list[int], min_new_tokens: int = 0,
                temperature: float = 1.0, top_p: float = 1.0, do_sample: bool = True,
-               stop: list[str] | None = None, batch_size: int = 64, generator: torch.Generator | None = None,
+               stop: list[str] | None = None, batch_size: int = 64,
+               generator: torch.Generator | list[torch.Generator] | None = None,
                progress=None, share_prefix: bool = True) -> list[list[Completion]]:
         """n completions for each (messages, images) prompt, grouped per prompt, in order.
 
@@ -58,7 +59,9 @@ class HFEngine:
         greedy): the quantity `completion_logprobs` computes in training, so the
         two agree up to float error. `batch_size` bounds the sequences decoded
         together (prompts per prefill = batch_size // n). With a `generator` the
-        result is reproducible for a fixed batch_size. `share_prefix=False`
+        result is reproducible for a fixed batch_size; with one generator per prompt it is
+        also independent of batch_size and of which other prompts share the batch (so data-
+        parallel ranks sample what a single process would). `share_prefix=False`
         prefills every copy separately: slower, kept as the reference the shared
         path is tested against. `min_new_tokens` keeps the end tokens from being sampled
         before that many tokens (as HF's `min_new_tokens`; stop strings still apply), so
@@ -73,6 +76,8 @@ class HFEngine:
         limits = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
         if len(limits) != len(prompts):
             raise ValueError(f"{len(limits)} max_new_tokens for {len(prompts)} prompts")
+        if isinstance(generator, list) and len(generator) != len(prompts):
+            raise ValueError(f"{len(generator)} generators for {len(prompts)} prompts")
         model = self.lm.model
         was_training = model.training
         model.eval()
@@ -81,8 +86,9 @@ class HFEngine:
         try:
             for start in range(0, len(prompts), per_chunk):
                 chunk = prompts[start:start + per_chunk]
+                gen = generator[start:start + per_chunk] if isinstance(generator, list) else generator
                 out.extend(self._sample_chunk(chunk, limits[start:start + per_chunk], n, temperature, top_p,
-                                              do_sample, list(stop or []), generator, share_prefix, min_new_tokens))
+                                              do_sample, list(stop or []), gen, share_prefix, min_new_tokens))
                 if progress is not None:
                     progress(len(chunk))
         finally:
@@ -129,7 +135,10 @@ class HFEngine:
             # not depend on which rows are still in the batch (or on share_prefix).
             u = None
             if do_sample:
-                u = torch.rand(R, generator=generator, device=generator.device if generator else "cpu")
+                if isinstance(generator, list):  # n uniforms per prompt from its own stream
+                    u = torch.cat([torch.rand(n, generator=g, device=g.device) for g in generator])
+                else:
+                    u = torch.rand(R, generator=generator, device=generator.device if generator else "cpu")
                 u = u[torch.tensor(live)].to(logits.device)
             ban_end = None
             if min_new_tokens > 0:

@@ -33,11 +33,11 @@ from .. import dist
 from ..algos import compute_advantages, grpo_loss, make_schedule, truncation_mask
 from ..config import Config, save_config
 from ..data.encode import to_device, with_system
-from ..models.forward import completion_logprobs
+from ..models.forward import completion_logprobs, set_gradient_checkpointing
 from ..rewards.search import SearchReward
 from ..rollout.agent import AgentConfig, AgentLoop, Trajectory, build_agent_batch
 from .checkpoint import seed_everything
-from .grpo import HISTORIES, PromptSampler, Reference, RLResult, StepOutput, _generator, rl_loop
+from .grpo import HISTORIES, PromptSampler, Reference, RLResult, StepOutput, rl_loop, rollout_generator
 from .run_dir import RunDir
 from .schedule import lr_multiplier
 
@@ -188,10 +188,12 @@ class AgentGRPOStep:
         self.script = script
         self.beta = make_schedule(rc.beta_schedule if rc.beta_schedule else ac.beta)
         uses_kl = any(self.beta.value(s, rc.steps) != 0.0 for s in range(rc.steps + 1))
-        self.ref = Reference(lm, ref_path) if uses_kl else None
         self.prompt_fn = prompt_fn
         self.loop = AgentLoop(lm, self.tools, agent_cfg or agent_config(cfg, sample=True), device=self.device)
         self.sampler = PromptSampler(len(train_samples), rc.prompts_per_step, tc.seed)
+        set_gradient_checkpointing(self.model, tc.gradient_checkpointing)
+        self.root = dist.shard(self.model)  # None in a single process
+        self.ref = Reference(lm, ref_path, self.root) if uses_kl else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=rc.lr, weight_decay=tc.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
@@ -211,8 +213,10 @@ class AgentGRPOStep:
             made = [self.prompt_fn(s) for s in samples]
             prompts = [(with_system(p[0], cfg.data.system_prompt), *p[1:]) for p, _ in made]
             contexts = [c for _, c in made]
-        groups = self.loop.run(prompts, n=G, generator=_generator(cfg.trainer.seed, step),
-                               questions=[question_of(s) for s in samples], script=self.script, contexts=contexts)
+        gen = rollout_generator(cfg.trainer.seed, step, self.sampler, cfg.rollout.seed_per_prompt)
+        with dist.gathered(self.root):
+            groups = self.loop.run(prompts, n=G, generator=gen, questions=[question_of(s) for s in samples],
+                                   script=self.script, contexts=contexts)
         return [s for s in samples for _ in range(G)], [t for g in groups for t in g]
 
     def run(self, step: int) -> StepOutput:
@@ -252,11 +256,13 @@ class AgentGRPOStep:
                 for k, (_, b, _) in batches.items()}
         times["reference"] = time.time() - t
 
+        call = (lambda fn, *a, **k: dist.run(self.root, model, fn, *a, **k))
+        ws = dist.world_size()
         # Several updates per rollout batch (mu > 1 or mini-batches): old log-probs of the policy that sampled.
         old = {k: None for k in batches}
         if ac.ppo_epochs > 1 or len(minis) > 1:
             with torch.no_grad():
-                old = {k: completion_logprobs(model, b, ro.temperature) for k, (_, b, _) in batches.items()}
+                old = {k: call(completion_logprobs, b, ro.temperature) for k, (_, b, _) in batches.items()}
 
         times["policy"], times["optimizer"] = 0.0, 0.0
         agg: dict[str, float] = {}
@@ -268,23 +274,25 @@ class AgentGRPOStep:
                 keys = [(s.start, s.stop) for s in _micro(mini, rc.micro_batch_size)]
                 n_tok = sum(float(batches[k][2].sum()) for k in keys)
                 n_mini = mini.stop - mini.start
+                global_tok, global_mini = dist.sum_across_ranks(n_tok), n_mini * ws
                 self.opt.zero_grad(set_to_none=True)
                 for k in keys:
                     sl, b, mask = batches[k]
-                    logp, ent = completion_logprobs(model, b, ro.temperature, with_entropy=True)
+                    logp, ent = call(completion_logprobs, b, ro.temperature, with_entropy=True)
                     loss, stats = agent_loss(logp, mask, adv[sl].to(device), old[k], refs[k], beta=beta_now, cfg=cfg)
                     # this micro-batch's share of the mini-batch aggregate: tokens for token-mean, rows otherwise
-                    w = (float(mask.sum()) / max(1.0, n_tok) if ac.loss_agg == "token-mean"
-                         else (sl.stop - sl.start) / n_mini)
-                    (loss * w).backward()
+                    # (and of the global mini-batch, times the world size: the reduce-scatter averages ranks)
+                    token_mean = ac.loss_agg == "token-mean"
+                    w = float(mask.sum()) / max(1.0, n_tok) if token_mean else (sl.stop - sl.start) / n_mini
+                    w_global = (float(mask.sum()) / max(1.0, global_tok) if token_mean
+                                else (sl.stop - sl.start) / global_mini)
+                    (loss * (w_global * ws)).backward()
                     stats["entropy"] = (ent.detach() * mask).sum() / mask.sum().clamp(min=1)
                     for name, v in stats.items():
                         agg[name] = agg.get(name, 0.0) + float(v) * w / n_updates
                 times["policy"] += time.time() - t
                 t = time.time()
-                grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, tc.max_grad_norm) if tc.max_grad_norm > 0
-                             else torch.tensor(0.0))
-                grad_norms.append(float(grad_norm))
+                grad_norms.append(dist.clip_grad_norm(self.params, tc.max_grad_norm))
                 self.opt.step()
                 self.opt.zero_grad(set_to_none=True)
                 times["optimizer"] += time.time() - t
@@ -303,7 +311,7 @@ class AgentGRPOStep:
             m[f"tool/{name}/cache_misses"] = miss - m0
         m.update(agg)
         m.update({f"time/{k}": v for k, v in times.items()})
-        m = {k: dist.mean_across_ranks(float(v)) for k, v in m.items()}
+        m = dist.mean_dict_across_ranks({k: float(v) for k, v in m.items()})
         return StepOutput(m, 0)
 
 

@@ -75,34 +75,42 @@ class Checkpointer:
         return found[-1] if found else None
 
     def save(self, step: int, model, optimizer, scheduler, state: dict) -> Path | None:
+        """Every rank calls this (a sharded model is gathered); the main rank writes."""
+        weights = dist.model_state(model)
+        optim = dist.optimizer_state(model, optimizer)
         if not dist.is_main():
+            dist.barrier()
             return None
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.root / f"step-{step:06d}"
         tmp = self.root / f".tmp-step-{step:06d}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(_untie(weights), str(tmp / "model.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(),
+        save_file(_untie({k: v.contiguous() for k, v in weights.items()}), str(tmp / "model.safetensors"))
+        torch.save({"optimizer": optim, "optimizer_keys": "names",
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "rng": rng_state()}, tmp / "trainer.pt")
+                    "rng": rng_state(), "world_size": dist.world_size()}, tmp / "trainer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in self.list()[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
         return final
 
     @staticmethod
     def load(path: Path, model, optimizer, scheduler) -> dict:
+        """Resume on any world size: weights and optimizer state are stored whole, keyed by name."""
         weights = load_file(str(path / "model.safetensors"))
-        missing, unexpected = model.load_state_dict(weights, strict=False)
+        missing, unexpected = dist.load_model_state(model, weights)
         if unexpected or [m for m in missing if m not in _tied_names(model)]:
             raise RuntimeError(f"{path}: checkpoint does not match the model "
                                f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
         blob = torch.load(path / "trainer.pt", weights_only=False)
-        optimizer.load_state_dict(blob["optimizer"])
+        if blob.get("optimizer_keys") == "names":
+            dist.load_optimizer_state(model, optimizer, blob["optimizer"])
+        else:  # checkpoints written before the state was keyed by name
+            optimizer.load_state_dict(blob["optimizer"])
         if scheduler is not None and blob["scheduler"] is not None:
             scheduler.load_state_dict(blob["scheduler"])
         set_rng_state(blob["rng"])

@@ -4,9 +4,11 @@ One step (`GRPOStep.run`) = sample prompts -> rollout (shared-prefix engine) -> 
 advantages -> reference log-probs (when beta > 0) -> mu passes of policy loss + AdamW over
 micro-batches. The reference and policy passes run each prompt (images included) once and
 share it across its G completions; logits are computed only over completion positions.
-Everything that would change under data parallelism goes through one place: `PromptSampler`
-(which prompts this rank takes), `dist.mean_across_ranks` (metric reductions) and
-`Checkpointer` (main rank writes).
+Data parallelism (torchrun) goes through one place each: `PromptSampler` (which prompts this
+rank takes; a group's G samples stay on one rank, so group statistics need no communication),
+`dist.shard` / `dist.run` / `dist.gathered` (FSDP2 policy; whole weights during rollouts),
+the loss weights (shares of the global batch), `dist.mean_dict_across_ranks` (metrics) and
+`Checkpointer` (whole state dicts, main rank writes, resumable on any world size).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .. import dist
 from ..algos import compute_advantages, grpo_loss, make_schedule, truncation_mask
 from ..config import Config, save_config
 from ..data.encode import to_device, with_system
-from ..models.forward import completion_logprobs
+from ..models.forward import completion_logprobs, set_gradient_checkpointing
 from ..rewards.functions import build_rewards, score
 from ..rollout.batch import build_grouped_batch
 from ..rollout.hf import HFEngine
@@ -59,6 +61,9 @@ class PromptSampler:
     def __init__(self, n: int, per_step: int, seed: int):
         if n == 0:
             raise ValueError("no training prompts")
+        if per_step % dist.world_size():
+            raise ValueError(f"rl.prompts_per_step={per_step} must be a multiple of the number of ranks "
+                             f"({dist.world_size()}), so every rank takes the same share")
         self.n, self.per_step, self.seed = n, per_step, seed
 
     def _order(self, epoch: int) -> list[int]:
@@ -73,17 +78,30 @@ class PromptSampler:
             out.append(self._order(epoch)[pos])
         return out[dist.rank()::dist.world_size()]
 
+    def positions(self) -> list[int]:
+        """Where this rank's prompts sit in the step's global batch."""
+        return list(range(self.per_step))[dist.rank()::dist.world_size()]
+
 
 def _generator(seed: int, step: int) -> torch.Generator:
     """Sampling randomness keyed by (seed, step), so a resumed run samples what the original would."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
+def rollout_generator(seed: int, step: int, sampler: PromptSampler, per_prompt: bool):
+    """One stream for the step, or one per prompt keyed by its place in the global batch: the latter makes
+    rollouts independent of batch and world size (required under data parallelism, where a shared stream
+    would give every rank the same draws)."""
+    if not (per_prompt or dist.distributed()):
+        return _generator(seed, step)
+    return [torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_000_033 + k) for k in sampler.positions()]
+
+
 class Reference:
     """Reference-policy log-probs: the adapter-free base under LoRA, else a frozen copy loaded from disk."""
 
-    def __init__(self, lm, path=None):
-        self.model = None
+    def __init__(self, lm, path=None, root=None):
+        self.model, self.root = None, root
         self.lora = hasattr(lm.model, "disable_adapter")
         if not self.lora:
             from ..models.loading import load_model
@@ -97,9 +115,9 @@ class Reference:
 
     @torch.no_grad()
     def logprobs(self, batch: dict, temperature: float) -> torch.Tensor:
-        if self.lora:
+        if self.lora:  # the policy without its adapter (through the FSDP root when sharded)
             with self.policy.disable_adapter():
-                return completion_logprobs(self.policy, batch, temperature)
+                return dist.run(self.root, self.policy, completion_logprobs, batch, temperature)
         return completion_logprobs(self.model, batch, temperature)
 
 
@@ -135,9 +153,11 @@ class GRPOStep:
         self.rewards = build_rewards(cfg.rewards)
         self.beta = make_schedule(rc.beta_schedule if rc.beta_schedule else ac.beta)
         uses_kl = any(self.beta.value(s, rc.steps) != 0.0 for s in range(rc.steps + 1))
-        self.ref = Reference(lm, ref_path) if uses_kl else None
         self.engine = HFEngine(lm, device=self.device)
         self.sampler = PromptSampler(len(train_samples), rc.prompts_per_step, tc.seed)
+        set_gradient_checkpointing(self.model, tc.gradient_checkpointing)
+        self.root = dist.shard(self.model)  # None in a single process
+        self.ref = Reference(lm, ref_path, self.root) if uses_kl else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=rc.lr, weight_decay=tc.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
@@ -153,10 +173,12 @@ class GRPOStep:
         samples = [self.train_samples[i] for i in self.sampler.indices(step)]
         prompts = [(with_system(s.prompt_messages(), cfg.data.system_prompt), s.load_images()) for s in samples]
         model.eval()
-        groups = self.engine.sample(prompts, n=G, max_new_tokens=ro.max_new_tokens,
-                                    min_new_tokens=min(ro.min_new_tokens, ro.max_new_tokens),
-                                    temperature=ro.temperature, top_p=ro.top_p, stop=ro.stop or None,
-                                    batch_size=ro.batch_size, generator=_generator(tc.seed, step))
+        with dist.gathered(self.root):
+            groups = self.engine.sample(prompts, n=G, max_new_tokens=ro.max_new_tokens,
+                                        min_new_tokens=min(ro.min_new_tokens, ro.max_new_tokens),
+                                        temperature=ro.temperature, top_p=ro.top_p, stop=ro.stop or None,
+                                        batch_size=ro.batch_size,
+                                        generator=rollout_generator(tc.seed, step, self.sampler, ro.seed_per_prompt))
         model.train()
         comps = [c for g in groups for c in g]
         rows_prompt = [p for p in prompts for _ in range(G)]
@@ -178,16 +200,21 @@ class GRPOStep:
             batches.append((sl, b, mask.float()))
         n_tokens = sum(float(mk.sum()) for _, _, mk in batches)
         n_rows = len(comps)
+        # The loss is the global batch's: each micro-batch's weight is its share of the global tokens (or rows),
+        # times the world size because the gradient reduce-scatter averages over ranks.
+        ws = dist.world_size()
+        global_tokens, global_rows = dist.sum_across_ranks(n_tokens), n_rows * ws
 
         t = time.time()
         beta_now = self.beta.value(step, rc.steps)
         refs = [self.ref.logprobs(b, ro.temperature) if self.ref is not None else None for _, b, _ in batches]
+        call = (lambda fn, *a, **k: dist.run(self.root, model, fn, *a, **k))
         times["reference"] = time.time() - t
 
         old = [None] * len(batches)
         if ac.ppo_epochs > 1:  # stored old log-probs make the clip active on passes 2..mu
             with torch.no_grad():
-                old = [completion_logprobs(model, b, ro.temperature) for _, b, _ in batches]
+                old = [call(completion_logprobs, b, ro.temperature) for _, b, _ in batches]
 
         times["policy"], times["optimizer"] = 0.0, 0.0
         agg: dict[str, float] = {}
@@ -195,22 +222,23 @@ class GRPOStep:
             t = time.time()
             self.opt.zero_grad(set_to_none=True)
             for (sl, b, mask), ref_lp, old_lp in zip(batches, refs, old):
-                logp, ent = completion_logprobs(model, b, ro.temperature, with_entropy=True)
+                logp, ent = call(completion_logprobs, b, ro.temperature, with_entropy=True)
                 loss, stats = grpo_loss(logp, old_lp, adv[sl].to(device), mask, ref_lp, beta=beta_now,
                                         kl_estimator=ac.kl_estimator, clip_low=ac.clip_low,
                                         clip_high=ac.clip_high, ratio_level=rc.ratio_level,
                                         loss_agg=ac.loss_agg, norm=float(ro.max_new_tokens))
                 # Each micro-batch's share of the whole-batch aggregate: tokens for token-mean, rows otherwise.
-                w = (float(mask.sum()) / max(1.0, n_tokens) if ac.loss_agg == "token-mean"
-                     else (sl.stop - sl.start) / n_rows)
-                (loss * w).backward()
+                token_mean = ac.loss_agg == "token-mean"
+                w = float(mask.sum()) / max(1.0, n_tokens) if token_mean else (sl.stop - sl.start) / n_rows
+                w_global = (float(mask.sum()) / max(1.0, global_tokens) if token_mean
+                            else (sl.stop - sl.start) / global_rows)
+                (loss * (w_global * ws)).backward()
                 stats["entropy"] = ((ent.detach() * mask).sum() / mask.sum().clamp(min=1))
                 for k, v in stats.items():
                     agg[k] = agg.get(k, 0.0) + float(v) * w / ac.ppo_epochs
             times["policy"] += time.time() - t
             t = time.time()
-            grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, tc.max_grad_norm) if tc.max_grad_norm > 0
-                         else torch.tensor(0.0))
+            grad_norm = dist.clip_grad_norm(self.params, tc.max_grad_norm)
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)  # free the gradients now, not during the next rollout
             times["optimizer"] += time.time() - t
@@ -231,8 +259,8 @@ class GRPOStep:
                   "tokens_per_s": float(lens.sum()) / max(1e-9, step_s), "step_s": step_s})
         m.update({k: v for k, v in agg.items()})
         m.update({f"time/{k}": v for k, v in times.items()})
-        m = {k: dist.mean_across_ranks(v) for k, v in m.items()}
-        return StepOutput(m, sum(sc.errors.values()))
+        m = dist.mean_dict_across_ranks(m)
+        return StepOutput(m, int(dist.sum_across_ranks(sum(sc.errors.values()))))
 
 
 def fit(cfg: Config, lm, train_samples: list, run: RunDir, eval_fn=None, progress: bool = True,

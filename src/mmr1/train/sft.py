@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from ..config import Config, save_config
 from ..data.encode import Encoded, collate, encode_for_sft, to_device
 from ..errors import DataError
-from ..models.forward import hidden_states, shift_labels, unwrap
+from .. import dist
+from ..models.forward import hidden_states, set_gradient_checkpointing, shift_labels, unwrap
 from ..models.overrides import OVERRIDES_KEY
 from .checkpoint import Checkpointer, StopOnSignal, seed_everything
 from .run_dir import RunDir
@@ -102,6 +103,9 @@ def train_sft(cfg: Config, lm, train_samples, run: RunDir, eval_fn=None, progres
 
     model = lm.model
     model.train()
+    set_gradient_checkpointing(model, tc.gradient_checkpointing)
+    root = dist.shard(model)  # data parallel: each rank takes every world_size-th row of each micro-batch
+    rank, ws = dist.rank(), dist.world_size()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -134,14 +138,16 @@ def train_sft(cfg: Config, lm, train_samples, run: RunDir, eval_fn=None, progres
             opt.zero_grad(set_to_none=True)
             total_loss = 0.0
             for b in idx:
-                batch = to_device(collate([encoded[j] for j in b], pad), device)
+                # A rank whose share is empty still runs a row with weight 0: FSDP's collectives need every rank.
+                mine, weight = (b[rank::ws], 1.0) if b[rank::ws] else (b[:1], 0.0)
+                batch = to_device(collate([encoded[j] for j in mine], pad), device)
                 if overrides is not None:
-                    batch[OVERRIDES_KEY] = [overrides(encoded[j].source) for j in b]
-                loss_sum, _ = sft_loss_sum(model, batch)
-                (loss_sum / max(1, n_tok)).backward()
-                total_loss += float(loss_sum.detach())
-            grad_norm = (torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm) if tc.max_grad_norm > 0
-                         else torch.tensor(0.0))
+                    batch[OVERRIDES_KEY] = [overrides(encoded[j].source) for j in mine]
+                loss_sum, _ = dist.run(root, model, sft_loss_sum, batch)
+                (loss_sum * (weight * ws / max(1, n_tok))).backward()  # the reduce-scatter averages ranks
+                total_loss += float(loss_sum.detach()) * weight
+            total_loss = dist.sum_across_ranks(total_loss)
+            grad_norm = dist.clip_grad_norm(params, tc.max_grad_norm)
             opt.step()
             sched.step()
             step += 1
@@ -171,17 +177,26 @@ def _scalars(metrics: dict) -> dict:
 
 
 def save_final(lm, path) -> str:
-    """A plain HF checkpoint directory (LoRA merged) that `load_model` reads like any other."""
-    from .. import dist
+    """A plain HF checkpoint directory (LoRA merged) that `load_model` reads like any other.
 
-    if not dist.is_main():
-        return str(path)
+    Every rank calls it (a sharded model's weights are gathered first); the main rank writes."""
     model = lm.model
+    weights = dist.model_state(model) if dist.distributed() else None
+    if not dist.is_main():
+        dist.barrier()
+        return str(path)
     if hasattr(model, "peft_config"):
         import copy
 
-        model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(path, safe_serialization=True)
+        if weights is not None:  # a sharded model cannot be copied: merge its gathered weights into a fresh copy
+            from .merge import merged_weights
+
+            weights = merged_weights(model, weights)
+        else:
+            model = copy.deepcopy(model).merge_and_unload()
+    hf = unwrap(model)
+    hf.save_pretrained(path, safe_serialization=True, **({"state_dict": weights} if weights is not None else {}))
     lm.processor.save_pretrained(path)
     lm.processor.tokenizer.save_pretrained(path)
+    dist.barrier()
     return str(path)
