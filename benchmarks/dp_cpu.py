@@ -35,8 +35,12 @@ SPLIT = ("rollout", "reward", "reference", "policy", "optimizer")
 
 
 def tree_rss(proc: psutil.Process) -> int:
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:  # the launcher has just exited
+        return 0
     total = 0
-    for p in [proc, *proc.children(recursive=True)]:
+    for p in procs:
         try:
             total += p.memory_info().rss
         except psutil.Error:

@@ -87,3 +87,12 @@ def test_sft_on_two_ranks_matches_one_process(tiny_dirs, tmp_path):
     _mmr1(["sft", model, *SFT, f"logging.run_dir={tmp_path / 'one'}"], ranks=1)
     assert _max_diff(tmp_path / "one" / "final", Path(tiny_dirs["qwen2_5_vl"])) > 10 * TOL
     assert _max_diff(tmp_path / "two" / "final", tmp_path / "one" / "final") < TOL
+
+
+def test_single_process_commands_refuse_torchrun_with_one_line(monkeypatch, capsys):
+    from mmr1.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["eval", "logging.run_dir=/nonexistent"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "`mmr1 eval` runs in one process" in err[0] and "mmr1 grpo" in err[0]

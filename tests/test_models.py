@@ -71,3 +71,13 @@ def test_load_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ModelError, match="model_type 'llama' is not supported"):
         load_model(tmp_path)
+
+
+def test_pixel_budget_overrides_set_the_image_token_grid(tiny_dirs):
+    """model.min_pixels / max_pixels reach the image processor (transformers 5 stores its size as a SizeDict)."""
+    image = solid_image(size=224)
+    grids = {}
+    for budget in (None, 28 * 28 * 4):
+        lm = load_model(tiny_dirs["qwen2_5_vl"], min_pixels=28 * 28 if budget else None, max_pixels=budget)
+        grids[budget] = lm.processor.image_processor(images=[image], return_tensors="pt")["image_grid_thw"].tolist()
+    assert grids[None] == [[1, 8, 8]] and grids[28 * 28 * 4] == [[1, 4, 4]]

@@ -440,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     from . import dist
 
     try:
+        if dist.world_size() > 1 and a.fn not in (cmd_sft, cmd_grpo):
+            raise MMR1Error(f"`mmr1 {a.command}` runs in one process; under torchrun run `mmr1 sft` or `mmr1 grpo` "
+                            f"(data parallel), and evaluate or run the experiments without torchrun")
         dist.init()  # under torchrun: join the process group (gloo on the CPU, nccl on GPUs)
         return a.fn(a)
     except MMR1Error as e:

@@ -79,6 +79,10 @@ class RolloutConfig:
     group_size: int = _f(8, "completions per prompt (G)", min=1)
     batch_size: int = _f(32, "sequences per generation batch (eval: prompts; RL: prompts x group_size)", min=1)
     stop: list = _f([], "stop strings: a completion ends right after the first one it produces")
+    engine: Literal["hf", "vllm"] = _f("hf", "RL rollout engine: hf (CPU and GPU) or vllm (optional, GPU only, "
+                                              "untested here; weights synced from the trainer every step)")
+    vllm_gpu_memory_utilization: float = _f(0.5, "vllm: share of GPU memory its KV cache and weights may take",
+                                            min=0.05, max=1.0)
     seed_per_prompt: bool = _f(False, "RL: sample each prompt from its own seeded stream, so rollouts do not depend "
                                       "on batch size or world size (always on under torchrun)")
 
@@ -141,6 +145,7 @@ class RLConfig:
     prompts_per_step: int = _f(8, "prompts sampled per step; each gets rollout.group_size completions", min=1)
     micro_batch_size: int = _f(16, "completions per forward/backward pass", min=1)
     mask_truncated: bool = _f(False, "drop completions cut at max_new_tokens from the loss")
+    ref_offload: bool = _f(False, "keep the reference model in CPU memory, on the accelerator only for its pass")
     ratio_level: Literal["token", "sequence"] = _f("token", "importance ratio per token (PPO/GRPO) or per "
                                                             "sequence (GSPO)")
     beta_schedule: dict = _f({}, "KL weight schedule {'kind': 'othink'|'linear'|..., ...}; empty: "

@@ -53,17 +53,26 @@ def chat_template_of(path: Path, tokenizer) -> str | None:
     return getattr(tokenizer, "chat_template", None)
 
 
+def _size_dict(size) -> dict:
+    if size is None:
+        return {}
+    if isinstance(size, dict):
+        return dict(size)
+    return {k: getattr(size, k) for k in ("shortest_edge", "longest_edge") if getattr(size, k, None) is not None}
+
+
 def load_processor(path: str | Path, family: str, min_pixels: int | None = None,
                    max_pixels: int | None = None):
     path = Path(path)
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
-    if min_pixels is not None:
-        image_processor.min_pixels = min_pixels
-        image_processor.size = {**(image_processor.size or {}), "shortest_edge": min_pixels}
-    if max_pixels is not None:
-        image_processor.max_pixels = max_pixels
-        image_processor.size = {**(image_processor.size or {}), "longest_edge": max_pixels}
+    if min_pixels is not None or max_pixels is not None:
+        size = _size_dict(image_processor.size)  # transformers 5 holds a SizeDict, not a mapping
+        if min_pixels is not None:
+            size["shortest_edge"] = min_pixels
+        if max_pixels is not None:
+            size["longest_edge"] = max_pixels
+        image_processor.size = size
     cls = PROCESSOR_CLASSES[family]
     return cls(image_processor=image_processor, tokenizer=tokenizer,
                chat_template=chat_template_of(path, tokenizer))

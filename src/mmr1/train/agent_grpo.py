@@ -178,6 +178,10 @@ class AgentGRPOStep:
                  reward: SearchReward | None = None, script=None, agent_cfg: AgentConfig | None = None,
                  prompt_fn=None):
         rc, ac, tc = cfg.rl, cfg.algorithm, cfg.trainer
+        if cfg.rollout.engine != "hf":
+            from ..errors import ConfigError
+
+            raise ConfigError("rollout.engine: the multi-turn agent loop runs on the HF engine only; set rollout.engine=hf")
         self.cfg, self.lm = cfg, lm
         self.model = lm.model
         self.device = next(self.model.parameters()).device
@@ -193,7 +197,7 @@ class AgentGRPOStep:
         self.sampler = PromptSampler(len(train_samples), rc.prompts_per_step, tc.seed)
         set_gradient_checkpointing(self.model, tc.gradient_checkpointing)
         self.root = dist.shard(self.model)  # None in a single process
-        self.ref = Reference(lm, ref_path, self.root) if uses_kl else None
+        self.ref = Reference(lm, ref_path, self.root, rc.ref_offload) if uses_kl else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=rc.lr, weight_decay=tc.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(

@@ -13,6 +13,7 @@ the loss weights (shares of the global batch), `dist.mean_dict_across_ranks` (me
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -97,17 +98,36 @@ def rollout_generator(seed: int, step: int, sampler: PromptSampler, per_prompt: 
     return [torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_000_033 + k) for k in sampler.positions()]
 
 
-class Reference:
-    """Reference-policy log-probs: the adapter-free base under LoRA, else a frozen copy loaded from disk."""
+def make_engine(cfg: Config, lm, device):
+    """The rollout engine `rollout.engine` names: the HF engine, or vLLM (imported only when asked for)."""
+    if cfg.rollout.engine == "hf":
+        return HFEngine(lm, device=device)
+    from ..errors import ConfigError
+    from ..rollout.vllm_engine import VLLMEngine
 
-    def __init__(self, lm, path=None, root=None):
+    try:
+        return VLLMEngine(lm, gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
+                          dtype=cfg.model.dtype, seed=cfg.trainer.seed)
+    except ImportError as e:
+        raise ConfigError(f"rollout.engine=vllm: {e}") from e
+
+
+class Reference:
+    """Reference-policy log-probs: the adapter-free base under LoRA, else a frozen copy loaded from disk.
+
+    The copy is whole on every rank (it has no optimizer state; under FSDP only the policy is sharded).
+    `offload` keeps it in CPU memory and moves it to the accelerator for the reference pass only."""
+
+    def __init__(self, lm, path=None, root=None, offload: bool = False):
         self.model, self.root = None, root
         self.lora = hasattr(lm.model, "disable_adapter")
+        self.device = next(lm.model.parameters()).device
+        self.offload = offload and self.device.type != "cpu"
         if not self.lora:
             from ..models.loading import load_model
 
             dtype = str(next(lm.model.parameters()).dtype).replace("torch.", "")
-            device = str(next(lm.model.parameters()).device)
+            device = "cpu" if self.offload else str(self.device)
             self.model = load_model(path or lm.path, dtype=dtype, device=device).model.eval()
             for p in self.model.parameters():
                 p.requires_grad_(False)
@@ -118,7 +138,12 @@ class Reference:
         if self.lora:  # the policy without its adapter (through the FSDP root when sharded)
             with self.policy.disable_adapter():
                 return dist.run(self.root, self.policy, completion_logprobs, batch, temperature)
-        return completion_logprobs(self.model, batch, temperature)
+        if not self.offload:
+            return completion_logprobs(self.model, batch, temperature)
+        try:
+            return completion_logprobs(self.model.to(self.device), batch, temperature)
+        finally:
+            self.model.to("cpu")
 
 
 def _chunks(n_rows: int, group: int, size: int) -> list[slice]:
@@ -153,11 +178,11 @@ class GRPOStep:
         self.rewards = build_rewards(cfg.rewards)
         self.beta = make_schedule(rc.beta_schedule if rc.beta_schedule else ac.beta)
         uses_kl = any(self.beta.value(s, rc.steps) != 0.0 for s in range(rc.steps + 1))
-        self.engine = HFEngine(lm, device=self.device)
+        self.engine = make_engine(cfg, lm, self.device)
         self.sampler = PromptSampler(len(train_samples), rc.prompts_per_step, tc.seed)
         set_gradient_checkpointing(self.model, tc.gradient_checkpointing)
         self.root = dist.shard(self.model)  # None in a single process
-        self.ref = Reference(lm, ref_path, self.root) if uses_kl else None
+        self.ref = Reference(lm, ref_path, self.root, rc.ref_offload) if uses_kl else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=rc.lr, weight_decay=tc.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
@@ -173,7 +198,10 @@ class GRPOStep:
         samples = [self.train_samples[i] for i in self.sampler.indices(step)]
         prompts = [(with_system(s.prompt_messages(), cfg.data.system_prompt), s.load_images()) for s in samples]
         model.eval()
-        with dist.gathered(self.root):
+        vllm = not isinstance(self.engine, HFEngine)
+        if vllm:  # the engine holds its own copy of the weights: push the current ones
+            self.engine.sync_weights(model)
+        with contextlib.nullcontext() if vllm else dist.gathered(self.root):
             groups = self.engine.sample(prompts, n=G, max_new_tokens=ro.max_new_tokens,
                                         min_new_tokens=min(ro.min_new_tokens, ro.max_new_tokens),
                                         temperature=ro.temperature, top_p=ro.top_p, stop=ro.stop or None,
