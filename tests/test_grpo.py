@@ -95,6 +95,36 @@ def test_clipping_is_active_only_with_several_passes(tiny_dirs, prompts, tmp_pat
     assert fracs[1] == 0.0 and fracs[3] > 0.0, fracs
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_dirs, prompts, tmp_path):
+    """Checkpointed layers (and a row per completion instead of the shared prefix) give the same loss and
+    gradient norm; weights are not compared, since AdamW's first step turns float noise in near-zero
+    gradients into full-size moves."""
+    rows = {}
+    for gc in (False, True):
+        run = tmp_path / f"gc{gc}"
+        fit(_cfg(run, "rl.steps=1", "algorithm.beta=0.04", f"trainer.gradient_checkpointing={gc}",
+                 "rewards.custom={'tests.test_grpo:letter_a': 1.0}"),
+            load_model(tiny_dirs["qwen2_5_vl"]), prompts, RunDir(run, tensorboard=False), progress=False)
+        rows[gc] = _rows(run)[-1]
+    assert rows[False]["rl/grad_norm"] > 0
+    for key in ("rl/grad_norm", "rl/loss", "rl/reward/mean", "rl/entropy"):
+        assert rows[True][key] == pytest.approx(rows[False][key], rel=1e-4, abs=1e-6), key
+
+
+def test_per_prompt_streams_do_not_depend_on_the_rollout_batch_size(tiny_dirs, prompts):
+    """With one generator per prompt, how prompts are batched does not change what is sampled."""
+    from mmr1.rollout.hf import HFEngine
+
+    lm = load_model(tiny_dirs["qwen2_5_vl"])
+    engine = HFEngine(lm)
+    ps = [(p.prompt_messages(), p.load_images()) for p in prompts[:4]]
+    runs = [engine.sample(ps, n=3, max_new_tokens=12, batch_size=bs,
+                          generator=[torch.Generator().manual_seed(100 + i) for i in range(4)]) for bs in (3, 12)]
+    assert [[c.token_ids for c in g] for g in runs[0]] == [[c.token_ids for c in g] for g in runs[1]]
+    alone = engine.sample(ps[2:3], n=3, max_new_tokens=12, generator=[torch.Generator().manual_seed(102)])
+    assert [c.token_ids for c in alone[0]] == [c.token_ids for c in runs[0][2]]
+
+
 def test_a_failing_reward_is_counted_not_fatal(tiny_dirs, prompts, tmp_path):
     cfg = _cfg(tmp_path, "rl.steps=1", "algorithm.beta=0", "rewards.custom={'tests.test_grpo:broken': 1.0}")
     res = fit(cfg, load_model(tiny_dirs["qwen2_5_vl"]), prompts, RunDir(tmp_path, tensorboard=False), progress=False)

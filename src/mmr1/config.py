@@ -133,7 +133,8 @@ class TrainerConfig:
     keep_checkpoints: int = _f(2, "how many step checkpoints to keep", min=1)
     resume: bool = _f(True, "resume from the latest checkpoint in the run directory")
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (SFT and RL policy "
-                                             "passes): less memory, about a third more compute")
+                                             "passes): less memory, more compute (RL then also runs each "
+                                             "completion with its own copy of the prompt)")
 
 
 @dataclass

@@ -28,7 +28,7 @@ from ..config import Config, save_config
 from ..data.encode import to_device, with_system
 from ..models.forward import completion_logprobs, set_gradient_checkpointing
 from ..rewards.functions import build_rewards, score
-from ..rollout.batch import build_grouped_batch
+from ..rollout.batch import build_batch, build_grouped_batch
 from ..rollout.hf import HFEngine
 from .checkpoint import Checkpointer, StopOnSignal, seed_everything
 from .run_dir import RunDir
@@ -219,9 +219,12 @@ class GRPOStep:
         times["reward"] = time.time() - t
 
         # One grouped batch per micro-batch, built once and reused by the reference and all mu passes.
+        # Under gradient checkpointing a row per completion: the shared prefix needs a key/value cache with
+        # gradients, which checkpointed layers cannot keep (HF turns the cache off while checkpointing).
+        build = build_batch if tc.gradient_checkpointing else build_grouped_batch
         batches = []
         for sl in _chunks(len(comps), G, rc.micro_batch_size):
-            b = to_device(build_grouped_batch(lm, rows_prompt[sl], comps[sl]), device)
+            b = to_device(build(lm, rows_prompt[sl], comps[sl]), device)
             mask = b["token_mask"]
             if rc.mask_truncated:
                 mask = truncation_mask([c.finish_reason for c in comps[sl]], mask)
