@@ -34,6 +34,21 @@ class EngineStats:
     decode_steps: int = 0
 
 
+def sample_limits(n_prompts: int, *, n: int, max_new_tokens, min_new_tokens: int, do_sample: bool,
+                  temperature: float) -> list[int]:
+    """Check an engine's `sample` arguments; the max_new_tokens of each prompt."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if min_new_tokens < 0:
+        raise ValueError(f"min_new_tokens must be >= 0, got {min_new_tokens}")
+    if do_sample and temperature <= 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+    limits = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * n_prompts
+    if len(limits) != n_prompts:
+        raise ValueError(f"{len(limits)} max_new_tokens for {n_prompts} prompts")
+    return limits
+
+
 class HFEngine:
     def __init__(self, lm, device=None):
         self.lm = lm
@@ -67,15 +82,8 @@ class HFEngine:
         before that many tokens (as HF's `min_new_tokens`; stop strings still apply), so
         `min_new_tokens = max_new_tokens` fixes the completion length (benchmarks).
         """
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        if min_new_tokens < 0:
-            raise ValueError(f"min_new_tokens must be >= 0, got {min_new_tokens}")
-        if do_sample and temperature <= 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
-        limits = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
-        if len(limits) != len(prompts):
-            raise ValueError(f"{len(limits)} max_new_tokens for {len(prompts)} prompts")
+        limits = sample_limits(len(prompts), n=n, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                               do_sample=do_sample, temperature=temperature)
         if isinstance(generator, list) and len(generator) != len(prompts):
             raise ValueError(f"{len(generator)} generators for {len(prompts)} prompts")
         model = self.lm.model

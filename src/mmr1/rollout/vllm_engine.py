@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 
 from .batch import Prompt
-from .hf import Completion
+from .hf import Completion, sample_limits
 
 INSTALL_HINT = "vLLM is not installed: pip install 'vllm>=0.8' (GPU only) or use rollout.engine=hf"
 SUPPRESS_BIAS = -100.0  # logit bias on tokens a policy must never sample (EasyR1/verl use -100 too)
@@ -351,15 +351,8 @@ class VLLMEngine:
                share_prefix: bool = True) -> list[list[Completion]]:
         """n completions for each (messages, images) prompt, grouped per prompt, in order (HFEngine.sample)."""
         del batch_size, share_prefix  # vLLM batches and shares prefixes itself
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        if min_new_tokens < 0:
-            raise ValueError(f"min_new_tokens must be >= 0, got {min_new_tokens}")
-        if do_sample and temperature <= 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
-        limits = list(max_new_tokens) if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
-        if len(limits) != len(prompts):
-            raise ValueError(f"{len(limits)} max_new_tokens for {len(prompts)} prompts")
+        limits = sample_limits(len(prompts), n=n, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                               do_sample=do_sample, temperature=temperature)
         seeds = request_seeds(generator, len(prompts))
         stop = list(stop or [])
         todo = [i for i, lim in enumerate(limits) if lim > 0]  # vLLM needs max_tokens >= 1
