@@ -56,10 +56,6 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def mean_across_ranks(value: float) -> float:
-    return mean_dict_across_ranks({"v": value})["v"]
-
-
 def mean_dict_across_ranks(values: dict[str, float]) -> dict[str, float]:
     """Every rank's metrics averaged in one all-reduce (ranks hold equal shares of the batch)."""
     if not distributed():

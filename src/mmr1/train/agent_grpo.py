@@ -30,16 +30,15 @@ from typing import Sequence
 import torch
 
 from .. import dist
-from ..algos import compute_advantages, grpo_loss, make_schedule, truncation_mask
+from ..algos import compute_advantages, grpo_loss, truncation_mask
 from ..config import Config, save_config
 from ..data.encode import to_device, with_system
-from ..models.forward import completion_logprobs, set_gradient_checkpointing
+from ..models.forward import completion_logprobs
 from ..rewards.search import SearchReward
 from ..rollout.agent import AgentConfig, AgentLoop, Trajectory, build_agent_batch
 from .checkpoint import seed_everything
-from .grpo import HISTORIES, PromptSampler, Reference, RLResult, StepOutput, rl_loop, rollout_generator
+from .grpo import HISTORIES, PolicyUpdate, RLResult, StepOutput, loss_share, rl_loop, rollout_generator
 from .run_dir import RunDir
-from .schedule import lr_multiplier
 
 log = logging.getLogger("mmr1")
 
@@ -165,7 +164,7 @@ def _cache_counts(tools) -> dict[str, tuple[int, int]]:
 # ---------------------------------------------------------------------------------------------- step
 
 
-class AgentGRPOStep:
+class AgentGRPOStep(PolicyUpdate):
     """The machinery of one agent RL step (`fit_agent` runs it in a loop).
 
     `tools`: the Tool objects the AgentLoop may call (e.g. `make_search_tools(...)`, cached). `reward`: a
@@ -177,31 +176,18 @@ class AgentGRPOStep:
     def __init__(self, cfg: Config, lm, train_samples: list, tools: Sequence = (), ref_path=None,
                  reward: SearchReward | None = None, script=None, agent_cfg: AgentConfig | None = None,
                  prompt_fn=None):
-        rc, ac, tc = cfg.rl, cfg.algorithm, cfg.trainer
+        rc = cfg.rl
         if cfg.rollout.engine != "hf":
             from ..errors import ConfigError
 
             raise ConfigError("rollout.engine: the multi-turn agent loop runs on the HF engine only; set rollout.engine=hf")
-        self.cfg, self.lm = cfg, lm
-        self.model = lm.model
-        self.device = next(self.model.parameters()).device
-        self.train_samples = train_samples
+        super().__init__(cfg, lm, train_samples, ref_path)
         self.tools = list(tools)
         self.reward = reward if reward is not None else build_search_reward(cfg)
         self.reward.total = rc.steps
         self.script = script
-        self.beta = make_schedule(rc.beta_schedule if rc.beta_schedule else ac.beta)
-        uses_kl = any(self.beta.value(s, rc.steps) != 0.0 for s in range(rc.steps + 1))
         self.prompt_fn = prompt_fn
         self.loop = AgentLoop(lm, self.tools, agent_cfg or agent_config(cfg, sample=True), device=self.device)
-        self.sampler = PromptSampler(len(train_samples), rc.prompts_per_step, tc.seed)
-        set_gradient_checkpointing(self.model, tc.gradient_checkpointing)
-        self.root = dist.shard(self.model)  # None in a single process
-        self.ref = Reference(lm, ref_path, self.root, rc.ref_offload) if uses_kl else None
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=rc.lr, weight_decay=tc.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: lr_multiplier(s, rc.steps, rc.warmup_ratio, rc.lr_scheduler))
 
     def close(self) -> None:
         self.loop.close()
@@ -260,13 +246,12 @@ class AgentGRPOStep:
                 for k, (_, b, _) in batches.items()}
         times["reference"] = time.time() - t
 
-        call = (lambda fn, *a, **k: dist.run(self.root, model, fn, *a, **k))
         ws = dist.world_size()
         # Several updates per rollout batch (mu > 1 or mini-batches): old log-probs of the policy that sampled.
         old = {k: None for k in batches}
         if ac.ppo_epochs > 1 or len(minis) > 1:
             with torch.no_grad():
-                old = {k: call(completion_logprobs, b, ro.temperature) for k, (_, b, _) in batches.items()}
+                old = {k: self.call(completion_logprobs, b, ro.temperature) for k, (_, b, _) in batches.items()}
 
         times["policy"], times["optimizer"] = 0.0, 0.0
         agg: dict[str, float] = {}
@@ -282,15 +267,12 @@ class AgentGRPOStep:
                 self.opt.zero_grad(set_to_none=True)
                 for k in keys:
                     sl, b, mask = batches[k]
-                    logp, ent = call(completion_logprobs, b, ro.temperature, with_entropy=True)
+                    logp, ent = self.call(completion_logprobs, b, ro.temperature, with_entropy=True)
                     loss, stats = agent_loss(logp, mask, adv[sl].to(device), old[k], refs[k], beta=beta_now, cfg=cfg)
-                    # this micro-batch's share of the mini-batch aggregate: tokens for token-mean, rows otherwise
-                    # (and of the global mini-batch, times the world size: the reduce-scatter averages ranks)
-                    token_mean = ac.loss_agg == "token-mean"
-                    w = float(mask.sum()) / max(1.0, n_tok) if token_mean else (sl.stop - sl.start) / n_mini
-                    w_global = (float(mask.sum()) / max(1.0, global_tok) if token_mean
-                                else (sl.stop - sl.start) / global_mini)
-                    (loss * (w_global * ws)).backward()
+                    # the loss is the global mini-batch's, times the world size: the reduce-scatter averages ranks
+                    token_mean, rows = ac.loss_agg == "token-mean", sl.stop - sl.start
+                    w = loss_share(mask, rows, n_tok, n_mini, token_mean)  # of this rank's mini-batch (metrics)
+                    (loss * (loss_share(mask, rows, global_tok, global_mini, token_mean) * ws)).backward()
                     stats["entropy"] = (ent.detach() * mask).sum() / mask.sum().clamp(min=1)
                     for name, v in stats.items():
                         agg[name] = agg.get(name, 0.0) + float(v) * w / n_updates

@@ -89,7 +89,7 @@ class Checkpointer:
         save_file(_untie({k: v.contiguous() for k, v in weights.items()}), str(tmp / "model.safetensors"))
         torch.save({"optimizer": optim, "optimizer_keys": "names",
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "rng": rng_state(), "world_size": dist.world_size()}, tmp / "trainer.pt")
+                    "rng": rng_state()}, tmp / "trainer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)

@@ -158,7 +158,38 @@ class StepOutput:
     reward_errors: int
 
 
-class GRPOStep:
+class PolicyUpdate:
+    """What every RL step holds besides its rollouts: the policy (FSDP2-sharded over the ranks, None
+    root in one process), the beta schedule and the reference, the prompt sampler, AdamW and the LR
+    schedule. `call(fn, ...)` runs `fn(policy, ...)` through the FSDP root when there is one."""
+
+    def __init__(self, cfg: Config, lm, train_samples: list, ref_path=None):
+        rc, ac, tc = cfg.rl, cfg.algorithm, cfg.trainer
+        self.cfg, self.lm = cfg, lm
+        self.model = lm.model
+        self.device = next(self.model.parameters()).device
+        self.train_samples = train_samples
+        self.beta = make_schedule(rc.beta_schedule if rc.beta_schedule else ac.beta)
+        uses_kl = any(self.beta.value(s, rc.steps) != 0.0 for s in range(rc.steps + 1))
+        self.sampler = PromptSampler(len(train_samples), rc.prompts_per_step, tc.seed)
+        set_gradient_checkpointing(self.model, tc.gradient_checkpointing)
+        self.root = dist.shard(self.model)  # None in a single process
+        self.ref = Reference(lm, ref_path, self.root, rc.ref_offload) if uses_kl else None
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=rc.lr, weight_decay=tc.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_multiplier(s, rc.steps, rc.warmup_ratio, rc.lr_scheduler))
+
+    def call(self, fn, *args, **kwargs):
+        return dist.run(self.root, self.model, fn, *args, **kwargs)
+
+
+def loss_share(mask: torch.Tensor, rows: int, tokens_total: float, rows_total: int, token_mean: bool) -> float:
+    """A micro-batch's share of a batch aggregate: its tokens for token-mean, its rows otherwise."""
+    return float(mask.sum()) / max(1.0, tokens_total) if token_mean else rows / rows_total
+
+
+class GRPOStep(PolicyUpdate):
     """The machinery of one RL step (`fit` runs it in a loop; benchmarks call it directly).
 
     Holds the rewards, the beta schedule, the reference, the rollout engine, the prompt
@@ -170,23 +201,9 @@ class GRPOStep:
     """
 
     def __init__(self, cfg: Config, lm, train_samples: list, ref_path=None):
-        rc, ac, tc = cfg.rl, cfg.algorithm, cfg.trainer
-        self.cfg, self.lm = cfg, lm
-        self.model = lm.model
-        self.device = next(self.model.parameters()).device
-        self.train_samples = train_samples
+        super().__init__(cfg, lm, train_samples, ref_path)
         self.rewards = build_rewards(cfg.rewards)
-        self.beta = make_schedule(rc.beta_schedule if rc.beta_schedule else ac.beta)
-        uses_kl = any(self.beta.value(s, rc.steps) != 0.0 for s in range(rc.steps + 1))
         self.engine = make_engine(cfg, lm, self.device)
-        self.sampler = PromptSampler(len(train_samples), rc.prompts_per_step, tc.seed)
-        set_gradient_checkpointing(self.model, tc.gradient_checkpointing)
-        self.root = dist.shard(self.model)  # None in a single process
-        self.ref = Reference(lm, ref_path, self.root, rc.ref_offload) if uses_kl else None
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(self.params, lr=rc.lr, weight_decay=tc.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: lr_multiplier(s, rc.steps, rc.warmup_ratio, rc.lr_scheduler))
 
     def run(self, step: int) -> StepOutput:
         """One RL step (step numbers from 0); the LR schedule advances by one."""
@@ -239,13 +256,12 @@ class GRPOStep:
         t = time.time()
         beta_now = self.beta.value(step, rc.steps)
         refs = [self.ref.logprobs(b, ro.temperature) if self.ref is not None else None for _, b, _ in batches]
-        call = (lambda fn, *a, **k: dist.run(self.root, model, fn, *a, **k))
         times["reference"] = time.time() - t
 
         old = [None] * len(batches)
         if ac.ppo_epochs > 1:  # stored old log-probs make the clip active on passes 2..mu
             with torch.no_grad():
-                old = [call(completion_logprobs, b, ro.temperature) for _, b, _ in batches]
+                old = [self.call(completion_logprobs, b, ro.temperature) for _, b, _ in batches]
 
         times["policy"], times["optimizer"] = 0.0, 0.0
         agg: dict[str, float] = {}
@@ -253,17 +269,14 @@ class GRPOStep:
             t = time.time()
             self.opt.zero_grad(set_to_none=True)
             for (sl, b, mask), ref_lp, old_lp in zip(batches, refs, old):
-                logp, ent = call(completion_logprobs, b, ro.temperature, with_entropy=True)
+                logp, ent = self.call(completion_logprobs, b, ro.temperature, with_entropy=True)
                 loss, stats = grpo_loss(logp, old_lp, adv[sl].to(device), mask, ref_lp, beta=beta_now,
                                         kl_estimator=ac.kl_estimator, clip_low=ac.clip_low,
                                         clip_high=ac.clip_high, ratio_level=rc.ratio_level,
                                         loss_agg=ac.loss_agg, norm=float(ro.max_new_tokens))
-                # Each micro-batch's share of the whole-batch aggregate: tokens for token-mean, rows otherwise.
-                token_mean = ac.loss_agg == "token-mean"
-                w = float(mask.sum()) / max(1.0, n_tokens) if token_mean else (sl.stop - sl.start) / n_rows
-                w_global = (float(mask.sum()) / max(1.0, global_tokens) if token_mean
-                            else (sl.stop - sl.start) / global_rows)
-                (loss * (w_global * ws)).backward()
+                token_mean, rows = ac.loss_agg == "token-mean", sl.stop - sl.start
+                w = loss_share(mask, rows, n_tokens, n_rows, token_mean)  # of this rank's batch (metrics)
+                (loss * (loss_share(mask, rows, global_tokens, global_rows, token_mean) * ws)).backward()
                 stats["entropy"] = ((ent.detach() * mask).sum() / mask.sum().clamp(min=1))
                 for k, v in stats.items():
                     agg[k] = agg.get(k, 0.0) + float(v) * w / ac.ppo_epochs
