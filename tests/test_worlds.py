@@ -96,6 +96,27 @@ def test_teacher_tallies_every_colour_and_shape():
                             "2 * 3 = 6. 1 * 4 = 4. 6 + 4 = 10.", 10)
 
 
+def test_imperfect_teacher_overlooks_objects_and_keeps_the_gold_answer():
+    clean = make_world("counting", n=600, seed=0, with_solution=True)
+    noisy = make_world("counting", n=600, seed=0, with_solution=True, teacher_miss=0.2)
+    assert [s.answer for s in noisy] == [s.answer for s in clean]  # the RL reward checks the gold answer
+    assert noisy[0].target() == make_world("counting", n=1, seed=0, with_solution=True, teacher_miss=0.2)[0].target()
+    said = [int(re.search(r"<answer>(\d+)</answer>", s.target()).group(1)) for s in noisy]
+    assert all(SOLUTION.match(s.target()) for s in noisy)
+    assert all(0 <= int(s.answer) - n for s, n in zip(noisy, said))  # it only misses, never invents
+    right = {k: [n == int(s.answer) for s, n in zip(noisy, said) if int(s.answer) == k] for k in range(6)}
+    assert all(right[0])  # nothing to overlook
+    rate = {k: sum(v) / len(v) for k, v in right.items()}
+    # each object is kept with p = 0.8, so a count of k is reported right with ~0.8**k
+    for k in (1, 3, 5):
+        assert abs(rate[k] - 0.8 ** k) < 0.12, (k, rate[k])
+    assert rate[5] < 0.5  # the teacher's most common tally of a crowded colour is wrong: RL has something to fix
+    with pytest.raises(ConfigError, match="teacher_miss"):
+        make_world("counting", n=1, teacher_miss=1.0)
+    with pytest.raises(ConfigError, match="teacher_miss"):
+        make_world("entities", n=1, teacher_miss=0.1)
+
+
 def test_counting_not_dominated():
     samples = make_world("counting", n=1000, seed=0)
     assert majority_baseline(samples) <= 0.35

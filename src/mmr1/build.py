@@ -52,7 +52,8 @@ def build_samples(data: DataConfig, split: str, with_solution: bool = False) -> 
         if data.instruction is not None:
             params["instruction"] = data.instruction
         samples = make_world(name, split="train" if split == "train" else "test", n=n, seed=data.world_seed,
-                             with_solution=with_solution, **params)
+                             with_solution=with_solution, teacher_miss=data.teacher_miss if with_solution else 0.0,
+                             **params)
         return few_shot(samples, data) if split == "train" else samples, []
     from .data.loaders import load_samples
 

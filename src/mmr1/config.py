@@ -64,6 +64,9 @@ class DataConfig:
     world_seed: int = _f(0, "seed of the synthetic world generator", min=0)
     world_params: dict = _f({}, "synthetic world parameters: grid, image_size, colours, shapes, n_objects, "
                                 "count_range, weights, variants")
+    teacher_miss: float = _f(0.0, "synthetic worlds: chance that the cold-start teacher overlooks each object, so its "
+                                  "solutions are imperfect as distilled ones are (0: a perfect teacher)",
+                             min=0.0, max=0.99)
     on_error: Literal["raise", "skip"] = _f("raise", "bad records: stop with the error, or skip and count them")
     instruction: Optional[str] = _f(None, "text appended to every question (None: the world's default)")
     system_prompt: Optional[str] = _f(None, "system message prepended to every prompt")

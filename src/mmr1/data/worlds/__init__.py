@@ -63,13 +63,18 @@ def format_prompt(question: str, instruction: str | None = R1V_INSTRUCTION) -> s
 
 
 def make_world(name: str, split: str = "train", n: int = 1000, seed: int = 0, with_solution: bool = False,
-               style: str = "plain", **params) -> list[Sample]:
+               style: str = "plain", teacher_miss: float = 0.0, **params) -> list[Sample]:
     """`n` samples of world `name`; `params` override the Params defaults (grid, colours, shapes, ...).
 
     Each sample's random stream is seeded from (name, split, seed, index) alone, so the first k
     samples are the same whatever n is; scenes whose layout hashes to another split are redrawn.
+    `teacher_miss`: see `teacher_solution`.
     """
+    if not 0.0 <= teacher_miss < 1.0:
+        raise ConfigError(f"teacher_miss: need 0 <= p < 1 (the chance the teacher overlooks an object); got {teacher_miss}")
     if name in BUILDERS:
+        if teacher_miss:
+            raise ConfigError(f"teacher_miss applies to the grid worlds ({', '.join(WORLDS)}), not {name!r}")
         return BUILDERS[name](split=split, n=n, seed=seed, with_solution=with_solution, style=style, **params)
     world = _world(name)
     if split not in SPLIT_BUCKETS:
@@ -99,19 +104,27 @@ def make_world(name: str, split: str = "train", n: int = 1000, seed: int = 0, wi
             meta={"objects": task.objects, "world": name, "query": task.query, "colours": colours,
                   "shapes": list(p.shapes), "question": task.question})
         if with_solution:
-            sample.messages.append(assistant_turn(teacher_solution(sample, style)))
+            sample.messages.append(assistant_turn(teacher_solution(sample, style, teacher_miss)))
         out.append(sample)
     return out
 
 
-def teacher_solution(sample: Sample, style: str = "plain") -> str:
+def teacher_solution(sample: Sample, style: str = "plain", miss: float = 0.0) -> str:
     """`<think>objects by colour, the asked ones, the computation</think><answer>N</answer>`, from meta alone.
 
     style="reflective" adds a "Wait, let me check again: ..." self-check (Vision-R1 cold start).
+    miss > 0 makes the teacher imperfect, as distilled cold-start data is: it overlooks each object
+    with that probability (drawn from the sample id, so the data is reproducible) and reasons
+    consistently from what it saw, so a crowded colour is undercounted most often. The sample's
+    gold answer is unchanged: the RL reward still checks against it.
     """
     if style not in STYLES:
         raise ConfigError(f"unknown style {style!r}; choose one of {', '.join(STYLES)}")
-    think, answer = _world(sample.meta["world"]).solve(sample.meta, style)
+    meta = sample.meta
+    if miss:
+        rng = random.Random(f"teacher/{sample.id}")
+        meta = {**meta, "objects": [o for o in meta["objects"] if rng.random() >= miss]}
+    think, answer = _world(meta["world"]).solve(meta, style)
     return f"<think>{think}</think><answer>{answer}</answer>"
 
 
