@@ -48,6 +48,23 @@ def test_config_error_is_one_line(capsys):
                    "max_length, seed, eval_every, save_every, keep_checkpoints, resume, gradient_checkpointing)"]
 
 
+def test_data_world_imperfect_teacher(tmp_path, capsys):
+    from mmr1.data.worlds import make_world
+
+    out = tmp_path / "w.jsonl"
+    assert main(["data", "world", "counting", "--n", "40", "--with-solution", "--teacher-miss", "0.3",
+                 "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    want = make_world("counting", n=40, seed=0, with_solution=True, teacher_miss=0.3)
+    assert [r["messages"][-1]["content"][0]["text"] for r in rows] == [s.target() for s in want]
+    perfect = make_world("counting", n=40, seed=0, with_solution=True)
+    assert any(a.target() != b.target() for a, b in zip(want, perfect))
+    capsys.readouterr()
+    assert main(["data", "world", "counting", "--n", "2", "--with-solution", "--teacher-miss", "1.5",
+                 "--out", str(out)]) == 2
+    assert "teacher_miss" in capsys.readouterr().err
+
+
 def test_data_world_then_check(tmp_path, capsys):
     out = tmp_path / "w.jsonl"
     assert main(["data", "world", "counting", "--n", "5", "--with-solution", "--out", str(out)]) == 0

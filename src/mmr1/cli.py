@@ -74,7 +74,8 @@ def cmd_data_world(a) -> int:
     from .data.loaders import save_jsonl
     from .data.worlds import make_world
 
-    samples = make_world(a.name, split=a.split, n=a.n, seed=a.seed, with_solution=a.with_solution)
+    samples = make_world(a.name, split=a.split, n=a.n, seed=a.seed, with_solution=a.with_solution,
+                         teacher_miss=a.teacher_miss)
     save_jsonl(samples, a.out)
     print(f"wrote {len(samples)} {a.name}/{a.split} samples to {a.out}")
     return 0
@@ -305,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--n", type=int, default=1000, help="number of samples (default: 1000)")
     w.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
     w.add_argument("--with-solution", action="store_true", help="include the teacher's solution as the target")
+    w.add_argument("--teacher-miss", type=float, default=0.0,
+                   help="with --with-solution: chance the teacher overlooks each object, an imperfect teacher as "
+                        "in the quickstart (default: 0, a perfect one)")
     w.add_argument("--out", required=True, help="output .jsonl path (images go beside it)")
     w.set_defaults(fn=cmd_data_world)
 
