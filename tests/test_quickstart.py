@@ -34,6 +34,7 @@ def test_quickstart_runs_every_stage(tmp_path, capsys):
     by = summary["accuracy_by_answer"]
     assert set(by) == {"teacher", "sft", "rl"}
     rows = [json.loads(x) for x in (out / "eval" / "rl" / "predictions.jsonl").read_text().splitlines()]
-    assert by["rl"] == accuracy_by_answer(make_world("counting", "test", n=6, seed=0, **world), [r["correct"] for r in rows])
+    test = make_world("counting", "test", n=6, seed=0, **world)
+    assert by["rl"] == accuracy_by_answer(test, [r["correct"] for r in rows])
     text = capsys.readouterr().out
     assert "SFT + GRPO" in text and "accuracy by gold answer" in text

@@ -71,7 +71,8 @@ def make_world(name: str, split: str = "train", n: int = 1000, seed: int = 0, wi
     `teacher_miss`: see `teacher_solution`.
     """
     if not 0.0 <= teacher_miss < 1.0:
-        raise ConfigError(f"teacher_miss: need 0 <= p < 1 (the chance the teacher overlooks an object); got {teacher_miss}")
+        raise ConfigError(f"teacher_miss: need 0 <= p < 1 (the chance the teacher overlooks an object); "
+                          f"got {teacher_miss}")
     if name in BUILDERS:
         if teacher_miss:
             raise ConfigError(f"teacher_miss applies to the grid worlds ({', '.join(WORLDS)}), not {name!r}")
