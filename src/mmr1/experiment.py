@@ -1,5 +1,5 @@
-"""What the multi-stage experiment runners (OThink-MR1, Vision-R1) share: one config per stage derived from
-the recipe, stages that run once and are skipped by a rerun, and mean ± std over seeds."""
+"""What the multi-stage experiment runners (OThink-MR1, Vision-R1, MMSearch-R1, Retrv-R1) share: one config per
+stage derived from the recipe, stages that run once and are skipped by a rerun, and mean ± std over seeds."""
 
 from __future__ import annotations
 
@@ -42,6 +42,15 @@ def check_experiment(cfg: Config, section: str, allowed: tuple[str, ...]) -> Non
     if not cfg.model.path and not sec.base_sft_steps:
         raise ConfigError(f"model.path is empty and {section}.base_sft_steps is 0: give the base checkpoint in "
                           f"model.path, or set {section}.base_sft_steps > 0 to SFT a tiny base model first")
+
+
+def run_recipe(experiment: Callable, section: str, recipe: str | Path, out: str | None = None,
+               seeds: list[int] | None = None, overrides: list[str] | None = None) -> dict:
+    """Load `recipe` with `overrides`, then `out` as the run directory and `seeds` as `section.seeds`, and run
+    `experiment(cfg, run_dir)`: the one entry point shared by `run_othink`, `run_vision_r1`, ..."""
+    extra = ([f"logging.run_dir={out}"] if out else []) + ([f"{section}.seeds={seeds}"] if seeds else [])
+    cfg = load_config(recipe, [*(overrides or []), *extra])
+    return experiment(cfg, cfg.logging.run_dir).run()
 
 
 # Sections that only one experiment runner reads: another runner's section never decides a stage's result, so

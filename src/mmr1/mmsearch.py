@@ -36,7 +36,7 @@ from .build import build_model, build_samples
 from .config import Config, load_config, to_dict
 from .data.schema import Sample, assistant_turn, count_image_parts, load_image
 from .errors import ConfigError
-from .experiment import derive_config, fingerprint, fmt_mean_std, markdown_rows, run_stage
+from .experiment import derive_config, fingerprint, fmt_mean_std, markdown_rows, run_recipe, run_stage
 from .rollout.agent import AgentLoop, ObservationFormat
 from .tools import IMAGE_MARKER, ToolResult, marked_parts
 from .train.agent_grpo import (agent_config, build_search_reward, fit_agent, question_of, searched,
@@ -450,6 +450,4 @@ def markdown(table: dict, summary: dict) -> str:
 
 def run_mmsearch(recipe: str | Path, out: str | None = None, seeds: list[int] | None = None,
                  overrides: list[str] | None = None) -> dict:
-    extra = ([f"logging.run_dir={out}"] if out else []) + ([f"mmsearch.seeds={seeds}"] if seeds else [])
-    cfg = load_config(recipe, [*(overrides or []), *extra])
-    return MMSearchExperiment(cfg, cfg.logging.run_dir).run()
+    return run_recipe(MMSearchExperiment, "mmsearch", recipe, out, seeds, overrides)

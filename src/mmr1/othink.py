@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 from .build import build_model, build_samples
-from .config import Config, OThinkTask, build_section, load_config
+from .config import Config, OThinkTask, build_section
 from .errors import ConfigError
 from .eval.evaluate import evaluate
-from .experiment import check_experiment, derive_config, fingerprint, mean_std, markdown_rows, run_stage
+from .experiment import check_experiment, derive_config, fingerprint, markdown_rows, mean_std, run_recipe, run_stage
 from .plots import write_line_charts
 from .train.grpo import fit
 from .train.sft import train_sft
@@ -233,6 +233,4 @@ def _mean_curve(runs: list[list[float]]) -> list[float]:
 
 def run_othink(recipe: str | Path, out: str | None = None, seeds: list[int] | None = None,
                overrides: list[str] | None = None) -> dict:
-    extra = ([f"logging.run_dir={out}"] if out else []) + ([f"othink.seeds={seeds}"] if seeds else [])
-    cfg = load_config(recipe, [*(overrides or []), *extra])
-    return Experiment(cfg, cfg.logging.run_dir).run()
+    return run_recipe(Experiment, "othink", recipe, out, seeds, overrides)

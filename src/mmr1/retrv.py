@@ -40,7 +40,7 @@ import torch
 from .build import build_model
 from .config import Config, load_config, to_dict
 from .data.encode import with_system
-from .experiment import derive_config, fingerprint, fmt_mean_std, markdown_rows, run_stage
+from .experiment import derive_config, fingerprint, fmt_mean_std, markdown_rows, run_recipe, run_stage
 from .models.forward import unwrap
 from .retrieval.compressed import CompressedReranker
 from .retrieval.compression import ICMConfig, InformationCompressionModule, self_alignment_loss
@@ -404,9 +404,7 @@ def markdown(table: dict, summary: dict) -> str:
 
 def run_retrv(recipe: str | Path, out: str | None = None, seeds: list[int] | None = None,
               overrides: list[str] | None = None) -> dict:
-    extra = ([f"logging.run_dir={out}"] if out else []) + ([f"retrv.seeds={seeds}"] if seeds else [])
-    cfg = load_config(recipe, [*(overrides or []), *extra])
-    return RetrvExperiment(cfg, cfg.logging.run_dir).run()
+    return run_recipe(RetrvExperiment, "retrv", recipe, out, seeds, overrides)
 
 
 __all__ = ["RetrvExperiment", "RetrvReward", "attach_icm", "evaluate", "results_table", "run_retrv", "self_align",

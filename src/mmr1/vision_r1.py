@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 from .build import build_model, build_samples
-from .config import Config, PTSTStage, build_section, load_config
+from .config import Config, PTSTStage, build_section
 from .data.coldstart import build_coldstart, make_teacher
 from .data.loaders import load_samples
 from .data.schema import assistant_turn
 from .errors import ConfigError
 from .eval.evaluate import evaluate
-from .experiment import check_experiment, derive_config, fingerprint, fmt_mean_std, markdown_rows, run_stage
+from .experiment import check_experiment, derive_config, fingerprint, fmt_mean_std, markdown_rows, run_recipe, run_stage
 from .train.grpo import fit, mean_first_last
 from .train.sft import train_sft
 from .ui import print_table
@@ -218,6 +218,4 @@ def markdown(table: dict, summary: dict) -> str:
 
 def run_vision_r1(recipe: str | Path, out: str | None = None, seeds: list[int] | None = None,
                   overrides: list[str] | None = None) -> dict:
-    extra = ([f"logging.run_dir={out}"] if out else []) + ([f"vision_r1.seeds={seeds}"] if seeds else [])
-    cfg = load_config(recipe, [*(overrides or []), *extra])
-    return VisionR1Experiment(cfg, cfg.logging.run_dir).run()
+    return run_recipe(VisionR1Experiment, "vision_r1", recipe, out, seeds, overrides)

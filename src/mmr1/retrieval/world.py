@@ -23,9 +23,9 @@ layout's hash (`scenes.split_of`), as in the other worlds.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-from ..data.worlds.scenes import COLOURS, SPLIT_BUCKETS, SHAPES, Params, render, split_of
+from ..data.worlds.scenes import COLOURS, SPLIT_BUCKETS, SHAPES, Params, reject_unknown, render, split_of
 from ..errors import ConfigError
 from .data import Candidate, RetrievalQuery, RetrievalSet
 
@@ -49,10 +49,7 @@ class CirParams:
 
     @classmethod
     def make(cls, overrides: dict) -> "CirParams":
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(overrides) - known)
-        if bad:
-            raise ConfigError(f"unknown retrieval world parameter(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+        reject_unknown(cls, overrides, "retrieval world")
         p = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
         unknown = [c for c in p.colours if c not in COLOURS] + [s for s in p.shapes if s not in SHAPES]
         if unknown:

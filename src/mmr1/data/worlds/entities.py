@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
 
@@ -42,7 +42,7 @@ from PIL import Image, ImageDraw
 from ...errors import ConfigError
 from ...tools import IMAGE_MARKER, marked_parts
 from ..schema import Sample, assistant_turn, count_image_parts, user_turn
-from .scenes import COLOURS, SPLIT_BUCKETS, _shape
+from .scenes import COLOURS, SPLIT_BUCKETS, _shape, reject_unknown
 
 NAME = "entities"
 VARIANTS = ("name", "founded", "city", "founder", "mascot")  # the fact a question asks = Sample.category
@@ -100,10 +100,7 @@ class EntityParams:
 
     @classmethod
     def make(cls, overrides: dict) -> "EntityParams":
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(overrides) - known)
-        if bad:
-            raise ConfigError(f"unknown {NAME} world parameter(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+        reject_unknown(cls, overrides, f"{NAME} world")
         p = cls(**overrides)
         p.check()
         return p

@@ -47,6 +47,14 @@ def plural(shape: str) -> str:
     return PLURALS.get(shape, shape + "s")
 
 
+def reject_unknown(params_class, overrides: dict, what: str) -> None:
+    """A world parameter the dataclass does not have is a ConfigError naming it, not a silent default."""
+    known = {f.name for f in fields(params_class)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ConfigError(f"unknown {what} parameter(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+
+
 @dataclass(frozen=True)
 class Params:
     """Everything that shapes a world; unknown keys are a ConfigError, not silently ignored."""
@@ -65,10 +73,7 @@ class Params:
 
     @classmethod
     def make(cls, defaults: dict, overrides: dict) -> "Params":
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(overrides) - known)
-        if bad:
-            raise ConfigError(f"unknown world parameter(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+        reject_unknown(cls, overrides, "world")
         p = cls(**{**defaults, **overrides})
         p.check()
         return p
