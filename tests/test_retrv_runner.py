@@ -75,3 +75,46 @@ def test_icm_is_trained_with_the_model(lms):
     rr = attach_icm(load_config(CPU), lm)
     trainable = {id(p) for p in lm.model.parameters() if p.requires_grad}
     assert all(id(p) in trainable for p in rr.icm.parameters())
+
+
+def test_mixed_sft_trains_every_evaluated_mode(lms):
+    """sft_mode=mixed: each teacher CoT three times, once per evaluated prompt kind, each on that kind's prompt;
+    only the compression + inspection sample inspects, the others verify inline."""
+    from mmr1.config import load_config
+    from mmr1.models.overrides import PLACEHOLDER
+    from mmr1.retrieval.reward import INSPECT_START, check_format
+    from mmr1.retrieval.world import make_cir_world
+    from mmr1.retrv import attach_icm, first_stage, sft_samples
+
+    cfg = load_config(CPU, ["retrv.top_k=4", "retrv.sft_mode=mixed"])
+    data = make_cir_world(4, "train", 0)
+    ranking, _ = first_stage(cfg, data)
+    rr = attach_icm(cfg, lms("qwen2_5_vl"))
+    samples, stats, prompts = sft_samples(cfg, rr, data, ranking)
+    n = stats["kept"]
+    assert n >= 2 and len(samples) == 3 * n and set(prompts) == {s.id for s in samples}
+    by_kind = {}
+    for s in samples:
+        qid, kind = s.id.rsplit("/", 1)
+        assert qid == s.meta["qid"]
+        by_kind.setdefault(kind, []).append(s)
+    assert {k: len(v) for k, v in by_kind.items()} == {"compressed_inspect": n, "compressed": n, "full": n}
+
+    def first_turn(s):
+        return "".join(p.get("text", "") for p in s.messages[0]["content"])
+
+    def assistant(s):
+        return "\n".join(p["text"] for m in s.messages if m["role"] == "assistant" for p in m["content"])
+
+    for s in by_kind["compressed_inspect"]:
+        assert first_turn(s).count(PLACEHOLDER) == 8 and "inspection-index-start>N" in first_turn(s)
+    for s in by_kind["compressed"]:
+        assert first_turn(s).count(PLACEHOLDER) == 8 and INSPECT_START not in first_turn(s)
+        assert INSPECT_START not in assistant(s) and len(s.images) == 1  # the query image only
+    for s in by_kind["full"]:
+        assert PLACEHOLDER not in first_turn(s) and len(s.images) == 5  # query + 4 candidates inline
+        assert INSPECT_START not in assistant(s)
+    for kind, ss in by_kind.items():
+        for s in ss:
+            fmt = check_format(assistant(s), 4, 1)
+            assert fmt.ok and fmt.answer == s.meta["gold"], (kind, s.id)

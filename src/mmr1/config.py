@@ -351,9 +351,11 @@ class RetrvConfig:
     align_steps: int = _f(200, "ICM self-alignment steps (LM frozen) before activation SFT; 0: none", min=0)
     align_lr: float = _f(1e-3, "learning rate of the ICM self-alignment pretraining", min=0.0)
     align_batch: int = _f(8, "candidates per self-alignment step", min=1)
-    sft_mode: Literal["compressed", "inspect", "full"] = _f(
-        "compressed", "prompt mode of the activation-SFT samples (the teacher's four-phase CoT; compressed: the "
-                      "inspect-mode CoT over the compressed prompt)")
+    sft_mode: Literal["compressed", "inspect", "full", "mixed"] = _f(
+        "compressed", "prompts of the activation-SFT samples (the teacher's four-phase CoT): compressed "
+                      "(compression + inspection: the inspect-mode CoT over the compressed prompt), inspect "
+                      "(text handles + inspection), full (every candidate inline), or mixed (each query three "
+                      "times: compression + inspection, compression only and full, the three evaluated modes)")
     lambda_runs: list = _f(["curriculum", "fixed"], "RL runs of `mmr1 retrv` (lambda schedules); [] skips RL")
 
 

@@ -163,30 +163,43 @@ def loop_prompt(cfg: Config, rr: CompressedReranker, rp: RerankPrompt, query) ->
     return (with_system(p[0], cfg.data.system_prompt), *p[1:])
 
 
+SFT_KINDS = {"compressed": ["compressed_inspect"], "inspect": ["inspect"], "full": ["full"],
+             "mixed": ["compressed_inspect", "compressed", "full"]}
+PROMPT_KINDS = {**EVAL_MODES, "inspect": ("inspect", None)}
+
+
 def sft_samples(cfg: Config, rr: CompressedReranker, data, ranking) -> tuple[list, dict, dict]:
-    """Teacher samples (inspect mode), their first turn swapped for `retrv.sft_mode`'s prompt; returns
-    (samples, teacher stats, sample id -> (prompt, tool context) for RL and the SFT overrides)."""
+    """Teacher samples, one per query and prompt kind of `retrv.sft_mode` (`SFT_KINDS`); returns (samples,
+    teacher stats, sample id -> (prompt, tool context) for RL and the SFT overrides).
+
+    A kind with inspection keeps the inspect-mode teacher's turns, inspection calls and injected full tokens
+    and swaps only its first user turn for the kind's prompt; a kind without (full candidates, compression
+    only) gets the teacher's CoT for that prompt, which verifies the hard candidates inline. With several
+    kinds the sample ids are ``qid/kind``."""
     from .retrieval.teacher import cot_sample, world_cot, world_teacher_samples
 
     r = cfg.retrv
     samples, stats = world_teacher_samples(data, ranking, "inspect", max_inspections=r.max_inspections,
                                            base=r.index_base)
     by_qid = {q.qid: q for q in data.queries}
-    mode = r.sft_mode
-    rps = {p.qid: p for p in prompts_for(cfg, data, ranking, mode, None)}
+    kinds = SFT_KINDS[r.sft_mode]
     out, prompts = [], {}
-    for s in samples:
-        rp = rps[s.meta["qid"]]
-        n_img = sum(p.get("type") == "image" for p in s.messages[0]["content"])
-        if mode == "full":  # full mode shows every candidate: the teacher verifies inline, no inspection
-            cot = world_cot(rp, by_qid[rp.qid], r.max_inspections)
-            s2 = cot_sample(rp, cot) if cot is not None else None
-        else:
-            s2 = rp.sample(extra_messages=s.messages[1:], extra_images=s.images[n_img:], sample_id=s.id)
-        if s2 is None:
-            continue
-        out.append(s2)
-        prompts[s2.id] = (loop_prompt(cfg, rr, rp, by_qid[rp.qid]), rp.context)
+    for kind in kinds:
+        pmode, lim = PROMPT_KINDS[kind]
+        rps = {p.qid: p for p in prompts_for(cfg, data, ranking, pmode, lim)}
+        for s in samples:
+            rp = rps[s.meta["qid"]]
+            sid = s.id if len(kinds) == 1 else f"{s.id}/{kind}"
+            if lim == 0:
+                cot = world_cot(rp, by_qid[rp.qid], r.max_inspections)
+                s2 = cot_sample(rp, cot, sample_id=sid) if cot is not None else None
+            else:
+                n_img = sum(p.get("type") == "image" for p in s.messages[0]["content"])
+                s2 = rp.sample(extra_messages=s.messages[1:], extra_images=s.images[n_img:], sample_id=sid)
+            if s2 is None:
+                continue
+            out.append(s2)
+            prompts[s2.id] = (loop_prompt(cfg, rr, rp, by_qid[rp.qid]), rp.context)
     return out, stats, prompts
 
 
