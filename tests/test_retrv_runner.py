@@ -118,3 +118,21 @@ def test_mixed_sft_trains_every_evaluated_mode(lms):
         for s in ss:
             fmt = check_format(assistant(s), 4, 1)
             assert fmt.ok and fmt.answer == s.meta["gold"], (kind, s.id)
+
+
+def test_scene_handle_setting_reaches_the_teacher(lms):
+    """retrv.scene_handle=colour: the world teacher's phase 1 names the target's colour counts."""
+    from mmr1.config import load_config
+    from mmr1.retrieval.prompts import scene_handle
+    from mmr1.retrieval.world import make_cir_world
+    from mmr1.retrv import attach_icm, first_stage, sft_samples
+
+    cfg = load_config(CPU, ["retrv.top_k=4", "retrv.sft_mode=compressed", "retrv.scene_handle=colour"])
+    data = make_cir_world(4, "train", 0)
+    ranking, _ = first_stage(cfg, data)
+    samples, _, _ = sft_samples(cfg, attach_icm(cfg, lms("qwen2_5_vl")), data, ranking)
+    assert samples
+    targets = {q.qid: q.meta["target"] for q in data.queries}
+    for s in samples:
+        first = s.messages[1]["content"][0]["text"]
+        assert f"the ideal result has {scene_handle(targets[s.meta['qid']], 'colour')}." in first

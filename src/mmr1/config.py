@@ -351,6 +351,9 @@ class RetrvConfig:
     align_steps: int = _f(200, "ICM self-alignment steps (LM frozen) before activation SFT; 0: none", min=0)
     align_lr: float = _f(1e-3, "learning rate of the ICM self-alignment pretraining", min=0.0)
     align_batch: int = _f(8, "candidates per self-alignment step", min=1)
+    scene_handle: Literal["shape", "colour", "count"] = _f(
+        "shape", "synthetic world: what a candidate's handle counts (shapes, colours or objects only), which is "
+                 "what the world teacher's phase 1 hypothesises and phase 2 eliminates on")
     sft_mode: Literal["compressed", "inspect", "full", "mixed"] = _f(
         "compressed", "prompts of the activation-SFT samples (the teacher's four-phase CoT): compressed "
                       "(compression + inspection: the inspect-mode CoT over the compressed prompt), inspect "

@@ -80,13 +80,13 @@ def first_stage(cfg: Config, data):
     return evaluate_first_stage(data, emb, r.top_k, r.recall_ks, fusion=fusion, text_weight=r.text_weight)
 
 
-def vocab_text(train, ranking) -> str:
+def vocab_text(train, ranking, scene_by: str = "shape") -> str:
     """What the tiny tokenizer learns merges from: the world's prompts, candidate texts and teacher turns."""
     from .retrieval.prompts import INSTRUCTION, VERIFY_INSPECT
     from .retrieval.teacher import world_teacher_samples
 
-    turns = [p["text"] for s in world_teacher_samples(train, ranking, "inspect")[0] for m in s.messages[1:]
-             if m["role"] == "assistant" for p in m["content"]]
+    samples = world_teacher_samples(train, ranking, "inspect", scene_by=scene_by)[0]
+    turns = [p["text"] for s in samples for m in s.messages[1:] if m["role"] == "assistant" for p in m["content"]]
     lines = [INSTRUCTION, VERIFY_INSPECT] + [q.text for q in train.queries] + [c.text for c in train.pool.values()]
     return "\n".join(lines + turns)
 
@@ -154,7 +154,7 @@ def prompts_for(cfg: Config, data, ranking, mode: str, max_inspections: int | No
     r = cfg.retrv
     lim = r.max_inspections if max_inspections is None else max_inspections
     return rerank_prompts(data, ranking, mode, base=r.index_base, max_inspections=lim,
-                          n_compressed=2 * r.n_compress)
+                          n_compressed=2 * r.n_compress, scene_by=r.scene_handle)
 
 
 def loop_prompt(cfg: Config, rr: CompressedReranker, rp: RerankPrompt, query) -> tuple:
@@ -180,7 +180,7 @@ def sft_samples(cfg: Config, rr: CompressedReranker, data, ranking) -> tuple[lis
 
     r = cfg.retrv
     samples, stats = world_teacher_samples(data, ranking, "inspect", max_inspections=r.max_inspections,
-                                           base=r.index_base)
+                                           base=r.index_base, scene_by=r.scene_handle)
     by_qid = {q.qid: q for q in data.queries}
     kinds = SFT_KINDS[r.sft_mode]
     out, prompts = [], {}
@@ -313,7 +313,7 @@ class RetrvExperiment:
                 from .models.tiny import build_tiny_model
 
                 build_tiny_model(target, family=c.model.tiny_family, size=c.model.tiny_size, seed=seed,
-                                 extra_text=vocab_text(train, r_train), vocab_size=TINY_VOCAB)
+                                 extra_text=vocab_text(train, r_train, c.retrv.scene_handle), vocab_size=TINY_VOCAB)
             lm = build_model(c, path=c.model.path or str(target))
             torch.manual_seed(seed)
             rr = attach_icm(c, lm)
