@@ -77,20 +77,25 @@ def test_icm_is_trained_with_the_model(lms):
     assert all(id(p) in trainable for p in rr.icm.parameters())
 
 
-def test_mixed_sft_trains_every_evaluated_mode(lms):
-    """sft_mode=mixed: each teacher CoT three times, once per evaluated prompt kind, each on that kind's prompt;
-    only the compression + inspection sample inspects, the others verify inline."""
+def world_sft_samples(lms, *overrides):
+    """(world, samples, teacher stats, prompts) of `sft_samples` on a 4-query world at K = 4."""
     from mmr1.config import load_config
-    from mmr1.models.overrides import PLACEHOLDER
-    from mmr1.retrieval.reward import INSPECT_START, check_format
     from mmr1.retrieval.world import make_cir_world
     from mmr1.retrv import attach_icm, first_stage, sft_samples
 
-    cfg = load_config(CPU, ["retrv.top_k=4", "retrv.sft_mode=mixed"])
+    cfg = load_config(CPU, ["retrv.top_k=4", *overrides])
     data = make_cir_world(4, "train", 0)
     ranking, _ = first_stage(cfg, data)
-    rr = attach_icm(cfg, lms("qwen2_5_vl"))
-    samples, stats, prompts = sft_samples(cfg, rr, data, ranking)
+    return (data, *sft_samples(cfg, attach_icm(cfg, lms("qwen2_5_vl")), data, ranking))
+
+
+def test_mixed_sft_trains_every_evaluated_mode(lms):
+    """sft_mode=mixed: each teacher CoT three times, once per evaluated prompt kind, each on that kind's prompt;
+    only the compression + inspection sample inspects, the others verify inline."""
+    from mmr1.models.overrides import PLACEHOLDER
+    from mmr1.retrieval.reward import INSPECT_START, check_format
+
+    _, samples, stats, prompts = world_sft_samples(lms, "retrv.sft_mode=mixed")
     n = stats["kept"]
     assert n >= 2 and len(samples) == 3 * n and set(prompts) == {s.id for s in samples}
     by_kind = {}
@@ -122,15 +127,9 @@ def test_mixed_sft_trains_every_evaluated_mode(lms):
 
 def test_scene_handle_setting_reaches_the_teacher(lms):
     """retrv.scene_handle=colour: the world teacher's phase 1 names the target's colour counts."""
-    from mmr1.config import load_config
     from mmr1.retrieval.prompts import scene_handle
-    from mmr1.retrieval.world import make_cir_world
-    from mmr1.retrv import attach_icm, first_stage, sft_samples
 
-    cfg = load_config(CPU, ["retrv.top_k=4", "retrv.sft_mode=compressed", "retrv.scene_handle=colour"])
-    data = make_cir_world(4, "train", 0)
-    ranking, _ = first_stage(cfg, data)
-    samples, _, _ = sft_samples(cfg, attach_icm(cfg, lms("qwen2_5_vl")), data, ranking)
+    data, samples, _, _ = world_sft_samples(lms, "retrv.sft_mode=compressed", "retrv.scene_handle=colour")
     assert samples
     targets = {q.qid: q.meta["target"] for q in data.queries}
     for s in samples:

@@ -280,6 +280,7 @@ def test_weights_for_vllm_plain_model(lms):
 
 def test_weights_for_vllm_merge_lora(tiny_dirs):
     from mmr1.models import load_model
+    from mmr1.train.merge import merged_weights
 
     lm = load_model(tiny_dirs["qwen2_5_vl"], lora={"r": 4, "alpha": 8})
     g = torch.Generator().manual_seed(0)
@@ -300,6 +301,8 @@ def test_weights_for_vllm_merge_lora(tiny_dirs):
     v = "model.visual.blocks.0.attn.qkv.weight"  # no LoRA on the vision tower: passed as it is
     assert torch.equal(got[v], before[f"base_model.model.{v}"])
     assert all(torch.equal(t, before[k]) for k, t in lm.model.state_dict().items())  # the model is untouched
+    saved = merged_weights(lm.model, before)  # the sharded final checkpoint's merge: the same weights
+    assert set(saved) == set(ref) and all(torch.equal(saved[k], got[k]) for k in ref)
 
 
 # ---------------------------------------------------------------- construction without vLLM

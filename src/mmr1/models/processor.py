@@ -53,7 +53,8 @@ def chat_template_of(path: Path, tokenizer) -> str | None:
     return getattr(tokenizer, "chat_template", None)
 
 
-def _size_dict(size) -> dict:
+def size_dict(size) -> dict:
+    """An image processor's `size` as a plain dict (transformers 5 holds a SizeDict, older ones a mapping)."""
     if size is None:
         return {}
     if isinstance(size, dict):
@@ -67,7 +68,7 @@ def load_processor(path: str | Path, family: str, min_pixels: int | None = None,
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
     if min_pixels is not None or max_pixels is not None:
-        size = _size_dict(image_processor.size)  # transformers 5 holds a SizeDict, not a mapping
+        size = size_dict(image_processor.size)
         if min_pixels is not None:
             size["shortest_edge"] = min_pixels
         if max_pixels is not None:

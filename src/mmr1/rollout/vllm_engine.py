@@ -174,11 +174,12 @@ def processor_pixels(processor) -> dict:
 
     Qwen's image processors resize by ``size["shortest_edge"]`` / ``size["longest_edge"]`` (pixel
     counts); older ones also carry them as ``min_pixels`` / ``max_pixels`` attributes."""
+    from ..models.processor import size_dict
+
     ip = processor.image_processor
-    size = getattr(ip, "size", None)
-    get = (lambda k: size.get(k) if isinstance(size, dict) else getattr(size, k, None))
-    lo = get("shortest_edge") or getattr(ip, "min_pixels", None)
-    hi = get("longest_edge") or getattr(ip, "max_pixels", None)
+    size = size_dict(getattr(ip, "size", None))
+    lo = size.get("shortest_edge") or getattr(ip, "min_pixels", None)
+    hi = size.get("longest_edge") or getattr(ip, "max_pixels", None)
     return {k: int(v) for k, v in (("min_pixels", lo), ("max_pixels", hi)) if v is not None}
 
 
@@ -206,41 +207,26 @@ def llm_kwargs(lm, *, version: str, gpu_memory_utilization: float, sleep: bool, 
     return kw
 
 
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of a (possibly FSDP-sharded) parameter: a collective for DTensors."""
-    return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach()
-
-
 def hf_weights_for_vllm(model) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF checkpoint name, tensor) for every weight of the trainer's model, LoRA merged in, lazily.
 
     The names are what `save_pretrained` writes (``model.language_model.*``, ``model.visual.*``,
     ``lm_head.weight``), which vLLM's Qwen VL ``load_weights`` maps itself. Each LoRA layer is merged
-    when reached (W + scaling * B @ A, as `train.merge.merged_weights`), so no second copy of the
-    model is held; every rank of a sharded model must iterate this together."""
-    from peft import PeftModel
+    when reached (`train.merge`), so no second copy of the model is held; every rank of a sharded model
+    must iterate this together (each sharded tensor is gathered)."""
+    from ..dist import full_tensor
+    from ..train.merge import hf_name, lora_layers, merge_lora
 
-    adapter, lora = None, {}
-    if isinstance(model, PeftModel):
-        from peft.tuners.lora import LoraLayer
-
-        adapter = model.active_adapter if isinstance(model.active_adapter, str) else model.active_adapter[0]
-        for name, module in model.named_modules():
-            if isinstance(module, LoraLayer) and adapter in module.lora_A:
-                if getattr(module, "fan_in_fan_out", False) or not isinstance(module.base_layer, torch.nn.Linear):
-                    raise NotImplementedError(f"{name}: merging LoRA supports nn.Linear layers only")
-                lora[f"{name}.base_layer.weight"] = module
+    adapter, layers = lora_layers(model)
     for key, value in model.state_dict().items():
         if adapter is not None and ".lora_" in key:
             continue
-        t = _full(value)
-        if key in lora:
-            m = lora[key]
-            a, b = _full(m.lora_A[adapter].weight).float(), _full(m.lora_B[adapter].weight).float()
-            t = (t.float() + m.scaling[adapter] * (b @ a)).to(t.dtype)
-        if adapter is not None:
-            key = key.removeprefix("base_model.model.").replace(".base_layer.", ".")
-        yield key, t
+        t = full_tensor(value).detach()
+        if key in layers:
+            m = layers[key]
+            t = merge_lora(t, full_tensor(m.lora_A[adapter].weight).detach(),
+                           full_tensor(m.lora_B[adapter].weight).detach(), m.scaling[adapter])
+        yield (hf_name(key) if adapter is not None else key), t
 
 
 # ---------------------------------------------------------------- the engine (needs vLLM and a GPU)
@@ -250,7 +236,10 @@ def _driver_model(llm):
     executor = getattr(getattr(llm, "llm_engine", None), "model_executor", None)
     worker = getattr(executor, "driver_worker", None)
     worker = getattr(worker, "worker", worker)  # V1 wraps the worker in a WorkerWrapperBase
-    runner = getattr(worker, "model_runner", None)
+    return _runner_model(getattr(worker, "model_runner", None))
+
+
+def _runner_model(runner):
     if runner is None:
         return None
     return runner.get_model() if hasattr(runner, "get_model") else getattr(runner, "model", None)
@@ -258,9 +247,7 @@ def _driver_model(llm):
 
 def _load_weights_on_worker(worker, weights):
     """collective_rpc target: runs on each vLLM worker."""
-    runner = worker.model_runner
-    model = runner.get_model() if hasattr(runner, "get_model") else runner.model
-    model.load_weights(weights)
+    _runner_model(worker.model_runner).load_weights(weights)
 
 
 class VLLMEngine:

@@ -37,7 +37,7 @@ from ..models.forward import completion_logprobs
 from ..rewards.search import SearchReward
 from ..rollout.agent import AgentConfig, AgentLoop, Trajectory, build_agent_batch
 from .checkpoint import seed_everything
-from .grpo import HISTORIES, PolicyUpdate, RLResult, StepOutput, loss_share, rl_loop, rollout_generator
+from .grpo import HISTORIES, LossShares, PolicyUpdate, RLResult, StepOutput, rl_loop, rollout_generator
 from .run_dir import RunDir
 
 log = logging.getLogger("mmr1")
@@ -246,7 +246,6 @@ class AgentGRPOStep(PolicyUpdate):
                 for k, (_, b, _) in batches.items()}
         times["reference"] = time.time() - t
 
-        ws = dist.world_size()
         # Several updates per rollout batch (mu > 1 or mini-batches): old log-probs of the policy that sampled.
         old = {k: None for k in batches}
         if ac.ppo_epochs > 1 or len(minis) > 1:
@@ -261,18 +260,14 @@ class AgentGRPOStep(PolicyUpdate):
             for mini in minis:
                 t = time.time()
                 keys = [(s.start, s.stop) for s in _micro(mini, rc.micro_batch_size)]
-                n_tok = sum(float(batches[k][2].sum()) for k in keys)
-                n_mini = mini.stop - mini.start
-                global_tok, global_mini = dist.sum_across_ranks(n_tok), n_mini * ws
+                shares = LossShares(sum(float(batches[k][2].sum()) for k in keys), mini.stop - mini.start,
+                                    ac.loss_agg == "token-mean")
                 self.opt.zero_grad(set_to_none=True)
                 for k in keys:
                     sl, b, mask = batches[k]
                     logp, ent = self.call(completion_logprobs, b, ro.temperature, with_entropy=True)
                     loss, stats = agent_loss(logp, mask, adv[sl].to(device), old[k], refs[k], beta=beta_now, cfg=cfg)
-                    # the loss is the global mini-batch's, times the world size: the reduce-scatter averages ranks
-                    token_mean, rows = ac.loss_agg == "token-mean", sl.stop - sl.start
-                    w = loss_share(mask, rows, n_tok, n_mini, token_mean)  # of this rank's mini-batch (metrics)
-                    (loss * (loss_share(mask, rows, global_tok, global_mini, token_mean) * ws)).backward()
+                    w = shares.backward(loss, mask, sl.stop - sl.start)  # of the global mini-batch's loss
                     stats["entropy"] = (ent.detach() * mask).sum() / mask.sum().clamp(min=1)
                     for name, v in stats.items():
                         agg[name] = agg.get(name, 0.0) + float(v) * w / n_updates

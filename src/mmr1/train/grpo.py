@@ -184,16 +184,31 @@ class PolicyUpdate:
         return dist.run(self.root, self.model, fn, *args, **kwargs)
 
 
-def loss_share(mask: torch.Tensor, rows: int, tokens_total: float, rows_total: int, token_mean: bool) -> float:
-    """A micro-batch's share of a batch aggregate: its tokens for token-mean, its rows otherwise."""
-    return float(mask.sum()) / max(1.0, tokens_total) if token_mean else rows / rows_total
+class LossShares:
+    """Micro-batch weights in a batch aggregate: a micro-batch's tokens for token-mean, its rows otherwise.
+
+    The loss is the global batch's (every rank's rows), times the world size because the gradient
+    reduce-scatter averages over ranks; metrics are weighted by the share of this rank's batch. Built on
+    every rank at the same point (it sums the token count across ranks)."""
+
+    def __init__(self, tokens: float, rows: int, token_mean: bool):
+        self.tokens, self.rows, self.token_mean = tokens, rows, token_mean
+        self.world = dist.world_size()
+        self.global_tokens, self.global_rows = dist.sum_across_ranks(tokens), rows * self.world
+
+    def _share(self, mask: torch.Tensor, rows: int, tokens_total: float, rows_total: int) -> float:
+        return float(mask.sum()) / max(1.0, tokens_total) if self.token_mean else rows / rows_total
+
+    def backward(self, loss: torch.Tensor, mask: torch.Tensor, rows: int) -> float:
+        """Backpropagate this micro-batch's part of the global loss; returns its share of this rank's batch."""
+        (loss * (self._share(mask, rows, self.global_tokens, self.global_rows) * self.world)).backward()
+        return self._share(mask, rows, self.tokens, self.rows)
 
 
 class GRPOStep(PolicyUpdate):
     """The machinery of one RL step (`fit` runs it in a loop; benchmarks call it directly).
 
-    Holds the rewards, the beta schedule, the reference, the rollout engine, the prompt
-    sampler, AdamW and the LR schedule. `run(step)` does one full step on `lm.model`:
+    A PolicyUpdate with the rewards and the rollout engine. `run(step)` does one full step on `lm.model`:
     rollout -> rewards -> advantages -> reference log-probs -> mu passes of policy loss + AdamW.
     Each micro-batch is a grouped batch (`build_grouped_batch`): every prompt and its images
     run once through the model and its G completions share the prompt's keys/values, in the
@@ -246,12 +261,8 @@ class GRPOStep(PolicyUpdate):
             if rc.mask_truncated:
                 mask = truncation_mask([c.finish_reason for c in comps[sl]], mask)
             batches.append((sl, b, mask.float()))
-        n_tokens = sum(float(mk.sum()) for _, _, mk in batches)
         n_rows = len(comps)
-        # The loss is the global batch's: each micro-batch's weight is its share of the global tokens (or rows),
-        # times the world size because the gradient reduce-scatter averages over ranks.
-        ws = dist.world_size()
-        global_tokens, global_rows = dist.sum_across_ranks(n_tokens), n_rows * ws
+        shares = LossShares(sum(float(mk.sum()) for _, _, mk in batches), n_rows, ac.loss_agg == "token-mean")
 
         t = time.time()
         beta_now = self.beta.value(step, rc.steps)
@@ -274,9 +285,7 @@ class GRPOStep(PolicyUpdate):
                                         kl_estimator=ac.kl_estimator, clip_low=ac.clip_low,
                                         clip_high=ac.clip_high, ratio_level=rc.ratio_level,
                                         loss_agg=ac.loss_agg, norm=float(ro.max_new_tokens))
-                token_mean, rows = ac.loss_agg == "token-mean", sl.stop - sl.start
-                w = loss_share(mask, rows, n_tokens, n_rows, token_mean)  # of this rank's batch (metrics)
-                (loss * (loss_share(mask, rows, global_tokens, global_rows, token_mean) * ws)).backward()
+                w = shares.backward(loss, mask, sl.stop - sl.start)
                 stats["entropy"] = ((ent.detach() * mask).sum() / mask.sum().clamp(min=1))
                 for k, v in stats.items():
                     agg[k] = agg.get(k, 0.0) + float(v) * w / ac.ppo_epochs
