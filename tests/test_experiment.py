@@ -1,7 +1,7 @@
 """The experiment runners' stage cache: which settings decide whether a finished stage is reused."""
 
 from mmr1.config import load_config
-from mmr1.experiment import fingerprint
+from mmr1.recipes.common import fingerprint
 
 
 def test_fingerprint_ignores_logging_seeds_and_other_runners_sections():

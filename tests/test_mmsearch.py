@@ -9,20 +9,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import mmr1.mmsearch as ms
+import mmr1.recipes.mmsearch_r1.runner as ms
 from mmr1.config import load_config
 from mmr1.data.encode import encode_for_sft
 from mmr1.data.worlds import make_world
 from mmr1.data.worlds.entities import teacher_trajectory
 from mmr1.errors import ConfigError
-from mmr1.experiment import derive_config
+from mmr1.recipes.common import derive_config
 from mmr1.models.forward import completion_logprobs
 from mmr1.models.loading import load_model
 from mmr1.rollout.agent import AgentLoop, build_agent_batch
 from mmr1.train.agent_grpo import AgentGRPOStep, agent_config, agent_loss, fit_agent
 from mmr1.train.run_dir import RunDir
 
-RECIPES = Path(__file__).parents[1] / "src" / "mmr1" / "recipes"
+RECIPES = Path(__file__).parents[1] / "src" / "mmr1" / "recipes" / "mmsearch_r1"
 CPU = RECIPES / "mmsearch_r1_cpu.yaml"
 WORLD = "data.world_params={n_entities: 16, familiar_fraction: 0.5}"
 SEARCH = "<reason>I will search.</reason><search><img></search>"

@@ -12,11 +12,11 @@ from mmr1.algos import OThinkBeta
 from mmr1.build import build_samples
 from mmr1.config import load_config
 from mmr1.errors import ConfigError
-from mmr1.othink import Experiment, parse_tasks, results_table, run_othink
+from mmr1.recipes.othink_mr1.runner import Experiment, parse_tasks, results_table, run_othink
 from mmr1.rewards.checkers import check_answer
 from mmr1.rewards.extract import extract_answer
 
-RECIPES = Path(__file__).parents[1] / "src" / "mmr1" / "recipes"
+RECIPES = Path(__file__).parents[1] / "src" / "mmr1" / "recipes" / "othink_mr1"
 CPU = RECIPES / "othink_mr1_cpu.yaml"
 REAL = Path(__file__).parents[2] / "shared" / "real-data"
 

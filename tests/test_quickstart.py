@@ -3,7 +3,7 @@
 import json
 
 from mmr1.data.worlds import make_world
-from mmr1.quickstart import accuracy_by_answer, run_quickstart
+from mmr1.recipes.quickstart.runner import accuracy_by_answer, run_quickstart
 
 
 def test_accuracy_by_answer():

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from mmr1.cli import main
 from mmr1.retrieval.compression import InformationCompressionModule
-from mmr1.retrv import EVAL_MODES, RetrvReward, run_retrv
+from mmr1.recipes.retrv_r1.runner import EVAL_MODES, RetrvReward, run_retrv
 
-RECIPES = Path(__file__).parents[1] / "src" / "mmr1" / "recipes"
+RECIPES = Path(__file__).parents[1] / "src" / "mmr1" / "recipes" / "retrv_r1"
 CPU = RECIPES / "retrv_r1_cpu.yaml"
 SMALL = ["retrv.world_size=6", "retrv.eval_size=3", "retrv.top_k=3", "retrv.max_inspections=1",
          "retrv.align_steps=2", "trainer.max_steps=2", "trainer.batch_size=2", "rl.steps=1", "rollout.group_size=2",
@@ -69,7 +69,7 @@ def test_paper_recipe():
 def test_icm_is_trained_with_the_model(lms):
     """attach_icm registers the ICM in the model, so SFT / GRPO optimizers (model params) include it."""
     from mmr1.config import load_config
-    from mmr1.retrv import attach_icm
+    from mmr1.recipes.retrv_r1.runner import attach_icm
 
     lm = lms("qwen2_5_vl")
     rr = attach_icm(load_config(CPU), lm)
@@ -81,7 +81,7 @@ def world_sft_samples(lms, *overrides):
     """(world, samples, teacher stats, prompts) of `sft_samples` on a 4-query world at K = 4."""
     from mmr1.config import load_config
     from mmr1.retrieval.world import make_cir_world
-    from mmr1.retrv import attach_icm, first_stage, sft_samples
+    from mmr1.recipes.retrv_r1.runner import attach_icm, first_stage, sft_samples
 
     cfg = load_config(CPU, ["retrv.top_k=4", *overrides])
     data = make_cir_world(4, "train", 0)

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import mmr1.vision_r1 as vr
+import mmr1.recipes.vision_r1.runner as vr
 from mmr1.config import R1_ZERO_PROMPT, load_config
 from mmr1.errors import ConfigError
 
-RECIPES = Path(__file__).parents[1] / "src" / "mmr1" / "recipes"
+RECIPES = Path(__file__).parents[1] / "src" / "mmr1" / "recipes" / "vision_r1"
 CPU = RECIPES / "vision_r1_cpu.yaml"
 
 

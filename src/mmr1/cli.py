@@ -28,8 +28,8 @@ def _resolve_recipe(name: str | None) -> str | None:
     """A YAML path, or the name of a recipe shipped with mmr1 (e.g. `quickstart`)."""
     if name is None or Path(name).exists() or name.endswith((".yaml", ".yml")):
         return name
-    shipped = RECIPES / f"{name}.yaml"
-    return str(shipped) if shipped.exists() else name
+    shipped = sorted(RECIPES.glob(f"*/{name}.yaml"))
+    return str(shipped[0]) if shipped else name
 
 
 def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -207,7 +207,7 @@ def _print_eval(name: str, m: dict) -> None:
 
 
 def cmd_quickstart(a) -> int:
-    from .quickstart import run_quickstart
+    from .recipes.quickstart.runner import run_quickstart
 
     summary = run_quickstart(out=a.out, seed=a.seed, overrides=a.overrides)
     print(json.dumps(summary, indent=2))
@@ -237,11 +237,13 @@ def cmd_serve(a) -> int:
 
 
 def _experiment(module: str, default_recipe: str, outputs: str):
-    """`mmr1 othink` / `vision-r1` / `mmsearch` / `retrv`: run_<module>(recipe, out, seeds, overrides) from mmr1.<module>."""
+    """`mmr1 othink` / `vision-r1` / `mmsearch` / `retrv`: run_<module>(recipe, out, seeds, overrides) from the runner
+    beside the recipe's YAMLs (mmr1/recipes/<recipe>/runner.py)."""
     def cmd(a) -> int:
         import importlib
 
-        run = getattr(importlib.import_module(f"mmr1.{module}"), f"run_{module}")
+        recipe_dir = default_recipe.removesuffix("_cpu")
+        run = getattr(importlib.import_module(f"mmr1.recipes.{recipe_dir}.runner"), f"run_{module}")
         path, overrides = _split_config_args(a.args)
         summary = run(path or _resolve_recipe(default_recipe), out=a.out, seeds=a.seeds, overrides=overrides)
         print(f"results in {summary['out']}: {outputs} ({summary['seconds']:.0f} s)")

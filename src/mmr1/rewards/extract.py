@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 import string
 
+from .normalize import normalize_text, to_number, unwrap
+
 _OPEN, _CLOSE = "<answer>", "</answer>"
 # Vision-R1 answers read `<answer> Final Answer:X </answer>`.
 _FINAL_ANSWER = re.compile(r"^\s*final\s*answer\s*[:：]\s*", re.IGNORECASE)
@@ -37,28 +39,6 @@ def extract_answer(text: str | None) -> str | None:
     return _FINAL_ANSWER.sub("", text[start + len(_OPEN):end].strip(), count=1).strip()
 
 
-_WRAPPERS = [
-    re.compile(r"^\$+(.*?)\$+$", re.S),
-    re.compile(r"^\\\((.*?)\\\)$", re.S),
-    re.compile(r"^\\\[(.*?)\\\]$", re.S),
-    re.compile(r"^\\(?:boxed|text|textbf|mathrm|mathbf)\{(.*)\}$", re.S),
-    re.compile(r"^\*\*(.*?)\*\*$", re.S),  # markdown bold
-]
-
-
-def unwrap(s: str) -> str:
-    """Strip `$…$`, `\\(…\\)`, `\\boxed{…}`, `\\text{…}`, `**…**` around a whole answer (repeatedly)."""
-    s = s.strip()
-    while True:
-        for rx in _WRAPPERS:
-            m = rx.fullmatch(s)
-            if m:
-                s = m.group(1).strip()
-                break
-        else:
-            return s
-
-
 # A capital letter standing alone; "I"/"A" followed by a lowercase word are the pronoun/article.
 _LETTER = re.compile(r"(?<![A-Za-z0-9])([A-Z])(?![A-Za-z0-9])")
 _WORDLIKE = re.compile(r"\s+(?!(?:or|and|nor)\b)[a-z]")
@@ -74,7 +54,6 @@ def extract_choice(text: str | None, choices: list[str] | None = None) -> str | 
     """
     if not isinstance(text, str):
         return None
-    from .checkers import normalize_text, to_number  # local: checkers imports this module
 
     letters = string.ascii_uppercase[: len(choices)] if choices else string.ascii_uppercase
     s = unwrap(text)

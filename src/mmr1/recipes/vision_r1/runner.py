@@ -23,17 +23,17 @@ import json
 import time
 from pathlib import Path
 
-from .build import build_model, build_samples
-from .config import Config, PTSTStage, build_section
-from .data.coldstart import build_coldstart, make_teacher
-from .data.loaders import load_samples
-from .data.schema import assistant_turn
-from .errors import ConfigError
-from .eval.evaluate import evaluate
-from .experiment import check_experiment, derive_config, fingerprint, fmt_mean_std, markdown_rows, run_recipe, run_stage
-from .train.grpo import fit, mean_first_last
-from .train.sft import train_sft
-from .ui import print_table
+from ...build import build_model, build_samples
+from ...config import Config, PTSTStage, build_section
+from ...data.coldstart import build_coldstart, make_teacher
+from ...data.loaders import load_samples
+from ...data.schema import assistant_turn
+from ...errors import ConfigError
+from ...eval.evaluate import evaluate
+from ..common import check_experiment, derive_config, fingerprint, fmt_mean_std, markdown_rows, run_recipe, run_stage
+from ...train.grpo import fit, mean_first_last
+from ...train.sft import train_sft
+from ...ui import print_table
 
 METHODS = ("zero", "ci", "ci_ptst", "ci_long")
 LABELS = {"base": "base (Zero prompt)", "zero": "Zero", "ci": "CI", "ci_ptst": "CI + PTST", "ci_long": "CI + Long"}

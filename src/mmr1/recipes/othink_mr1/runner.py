@@ -23,15 +23,15 @@ import statistics
 import time
 from pathlib import Path
 
-from .build import build_model, build_samples
-from .config import Config, OThinkTask, build_section
-from .errors import ConfigError
-from .eval.evaluate import evaluate
-from .experiment import check_experiment, derive_config, fingerprint, markdown_rows, mean_std, run_recipe, run_stage
-from .plots import write_line_charts
-from .train.grpo import fit
-from .train.sft import train_sft
-from .ui import print_table
+from ...build import build_model, build_samples
+from ...config import Config, OThinkTask, build_section
+from ...errors import ConfigError
+from ...eval.evaluate import evaluate
+from ..common import check_experiment, derive_config, fingerprint, markdown_rows, mean_std, run_recipe, run_stage
+from ...plots import write_line_charts
+from ...train.grpo import fit
+from ...train.sft import train_sft
+from ...ui import print_table
 
 log = logging.getLogger("mmr1")
 METHODS = ("sft", "grpo", "grpo_d")

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .config import Config, load_config, to_dict
-from .errors import ConfigError
-from .train.run_dir import RunDir
+from ..config import Config, load_config, to_dict
+from ..errors import ConfigError
+from ..train.run_dir import RunDir
 
 
 def derive_config(cfg: Config, seed: int, task_data: dict | None = None, world_seed_offset: int = 0,

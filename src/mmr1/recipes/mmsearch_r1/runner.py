@@ -32,18 +32,18 @@ import logging
 import time
 from pathlib import Path
 
-from .build import build_model, build_samples
-from .config import Config, load_config, to_dict
-from .data.schema import Sample, assistant_turn, count_image_parts, load_image
-from .errors import ConfigError
-from .experiment import derive_config, fingerprint, fmt_mean_std, markdown_rows, run_recipe, run_stage
-from .rollout.agent import AgentLoop, ObservationFormat
-from .tools import IMAGE_MARKER, ToolResult, marked_parts
-from .train.agent_grpo import (agent_config, build_search_reward, fit_agent, question_of, searched,
+from ...build import build_model, build_samples
+from ...config import Config, load_config, to_dict
+from ...data.schema import Sample, assistant_turn, count_image_parts, load_image
+from ...errors import ConfigError
+from ..common import derive_config, fingerprint, fmt_mean_std, markdown_rows, run_recipe, run_stage
+from ...rollout.agent import AgentLoop, ObservationFormat
+from ...tools import IMAGE_MARKER, ToolResult, marked_parts
+from ...train.agent_grpo import (agent_config, build_search_reward, fit_agent, question_of, searched,
                                trajectory_metrics)
-from .train.grpo import mean_first_last
-from .train.sft import train_sft
-from .ui import print_table
+from ...train.grpo import mean_first_last
+from ...train.sft import train_sft
+from ...ui import print_table
 
 log = logging.getLogger("mmr1")
 
@@ -107,8 +107,8 @@ class PageImageSearchTool:
         self.index, self.k, self.name, self.thumb_size, self.max_chars = index, int(k), name, thumb_size, max_chars
 
     def __call__(self, query: str, *, images: list) -> ToolResult:
-        from .data.worlds.entities import format_results
-        from .tools.search import truncate
+        from ...data.worlds.entities import format_results
+        from ...tools.search import truncate
 
         if not images:
             raise ValueError("no image to search with: image search looks up the question's image")
@@ -128,9 +128,9 @@ def ensure_index(cfg: Config, seed_dir: Path) -> Path:
     """search.index, or the entity world's corpus indexed into SEED/index (built once; a rerun reuses it)."""
     if cfg.search.index:
         return Path(cfg.search.index)
-    from .data.worlds import entities
-    from .tools.embedders import make_embedder
-    from .tools.index import build_index
+    from ...data.worlds import entities
+    from ...tools.embedders import make_embedder
+    from ...tools.index import build_index
 
     out = seed_dir / "index"
     if not (out / "meta.json").exists():
@@ -142,13 +142,13 @@ def ensure_index(cfg: Config, seed_dir: Path) -> Path:
 
 def make_tools(cfg: Config, index_path: Path | None, cache_root: Path | None) -> list:
     """[image_search, text_search] per search.*, each wrapped in a disk cache when search.cache."""
-    from .tools.search import CachedTool, ImageSearchTool, TextSearchTool, make_search_tools
+    from ...tools.search import CachedTool, ImageSearchTool, TextSearchTool, make_search_tools
 
     sc = cfg.search
     if sc.backend == "web":
         tools = make_search_tools(backend="web", k=sc.top_k, max_chars=sc.max_chars)
     else:
-        from .tools.index import SearchIndex
+        from ...tools.index import SearchIndex
 
         idx = SearchIndex.load(index_path)
         image = (PageImageSearchTool(idx, sc.top_k, thumb_size=sc.thumb_size, max_chars=sc.max_chars)
@@ -166,7 +166,7 @@ def make_tools(cfg: Config, index_path: Path | None, cache_root: Path | None) ->
 
 def search_turn(samples: list[Sample]) -> str:
     """The image-search turn of the entity world's teacher (the always-search baseline's round 1)."""
-    from .data.worlds.entities import teacher_trajectory
+    from ...data.worlds.entities import teacher_trajectory
 
     for s in samples:
         if s.meta.get("world") == "entities" and not s.meta.get("familiar", True):
@@ -178,7 +178,7 @@ def with_tool_observations(sample: Sample, tools: dict, fmt: ObservationFormat) 
     """The sample's prompt followed by its teacher trajectory, each observation being the real tool's result for
     the question image (rendered by `fmt`, images at their markers, as the agent loop renders it). None when the
     tool's top hit is not the entity (the teacher's answer turn would not follow from the result)."""
-    from .data.worlds.entities import teacher_trajectory
+    from ...data.worlds.entities import teacher_trajectory
 
     t = teacher_trajectory(sample)
     first = next((i for i, m in enumerate(sample.messages) if m["role"] == "assistant"), len(sample.messages))
@@ -214,7 +214,7 @@ def warmup_samples(cfg: Config, tools: list, fmt: ObservationFormat | None = Non
     train question). mmsearch.warmup_size and warmup_search_share set how many of each are drawn."""
     import random
 
-    from .data.worlds.entities import warmup_sft
+    from ...data.worlds.entities import warmup_sft
 
     mc = cfg.mmsearch
     fmt = fmt or ObservationFormat()
@@ -241,8 +241,8 @@ def warmup_samples(cfg: Config, tools: list, fmt: ObservationFormat | None = Non
 
 def vocab_text(cfg: Config) -> str:
     """Text the tiny model's tokenizer learns its merges from: the entity world's prompts, pages and teacher turns."""
-    from .data.worlds import entities
-    from .rollout.agent import AFTER_IMAGE_SEARCH, AFTER_TEXT_SEARCH
+    from ...data.worlds import entities
+    from ...rollout.agent import AFTER_IMAGE_SEARCH, AFTER_TEXT_SEARCH
 
     p = entities.EntityParams.make(entity_params(cfg))
     lines = [p.instruction or "", AFTER_IMAGE_SEARCH, AFTER_TEXT_SEARCH, entities.IMAGE_RESULTS_HEADER,
@@ -264,7 +264,7 @@ def evaluate_search(lm, samples: list[Sample], cfg: Config, tools: list, *, mode
     the image-search turn), "never_search" (one round, no tools). Writes predictions.jsonl and metrics.json."""
     if mode not in ("policy", "always_search", "never_search"):
         raise ValueError(f"mode must be policy, always_search or never_search, got {mode!r}")
-    from .data.encode import with_system
+    from ...data.encode import with_system
 
     reward = build_search_reward(cfg)
     loop = AgentLoop(lm, [] if mode == "never_search" else tools,
@@ -344,7 +344,7 @@ class MMSearchExperiment:
                 mix, dropped = warmup_samples(c, tools)
                 path = c.model.path
                 if not path:  # a tiny model whose tokenizer knows the world's words
-                    from .models.tiny import build_tiny_model
+                    from ...models.tiny import build_tiny_model
 
                     target = run.path / "model"
                     if not (target / "config.json").exists():

@@ -12,17 +12,17 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from .build import build_model, build_samples
-from .config import load_config
-from .data.worlds import majority_baseline
-from .eval.evaluate import evaluate
-from .rewards.checkers import score_completion
-from .train.grpo import fit, mean_first_last
-from .train.run_dir import RunDir
-from .train.sft import train_sft
-from .ui import print_table
+from ...build import build_model, build_samples
+from ...config import load_config
+from ...data.worlds import majority_baseline
+from ...eval.evaluate import evaluate
+from ...rewards.checkers import score_completion
+from ...train.grpo import fit, mean_first_last
+from ...train.run_dir import RunDir
+from ...train.sft import train_sft
+from ...ui import print_table
 
-RECIPE = Path(__file__).parent / "recipes" / "quickstart.yaml"
+RECIPE = Path(__file__).parent / "quickstart.yaml"
 
 
 def run_quickstart(out: str = "runs/quickstart", seed: int = 0, overrides: list[str] | None = None) -> dict:

@@ -37,19 +37,19 @@ from types import SimpleNamespace
 
 import torch
 
-from .build import build_model
-from .config import Config, load_config, to_dict
-from .data.encode import with_system
-from .experiment import derive_config, fingerprint, fmt_mean_std, markdown_rows, run_recipe, run_stage
-from .models.forward import unwrap
-from .retrieval.compressed import CompressedReranker
-from .retrieval.compression import ICMConfig, InformationCompressionModule, self_alignment_loss
-from .retrieval.inspect import InspectTool, inspection_config, n_inspections, retrv_agent_config
-from .retrieval.prompts import RerankPrompt, rerank_prompts
-from .retrieval.reward import lambda_schedule, retrv_reward
-from .retrieval.world import make_cir_world
-from .rollout.agent import AgentLoop
-from .ui import print_table
+from ...build import build_model
+from ...config import Config, load_config, to_dict
+from ...data.encode import with_system
+from ..common import derive_config, fingerprint, fmt_mean_std, markdown_rows, run_recipe, run_stage
+from ...models.forward import unwrap
+from ...retrieval.compressed import CompressedReranker
+from ...retrieval.compression import ICMConfig, InformationCompressionModule, self_alignment_loss
+from ...retrieval.inspect import InspectTool, inspection_config, n_inspections, retrv_agent_config
+from ...retrieval.prompts import RerankPrompt, rerank_prompts
+from ...retrieval.reward import lambda_schedule, retrv_reward
+from ...retrieval.world import make_cir_world
+from ...rollout.agent import AgentLoop
+from ...ui import print_table
 
 log = logging.getLogger("mmr1")
 
@@ -72,7 +72,7 @@ def worlds(cfg: Config, seed: int):
 
 
 def first_stage(cfg: Config, data):
-    from .retrieval.first_stage import evaluate_first_stage
+    from ...retrieval.first_stage import evaluate_first_stage
 
     r = cfg.retrv
     emb = None if r.first_stage_embedder == "builtin" else r.first_stage_embedder
@@ -82,8 +82,8 @@ def first_stage(cfg: Config, data):
 
 def vocab_text(train, ranking, scene_by: str = "shape") -> str:
     """What the tiny tokenizer learns merges from: the world's prompts, candidate texts and teacher turns."""
-    from .retrieval.prompts import INSTRUCTION, VERIFY_INSPECT
-    from .retrieval.teacher import world_teacher_samples
+    from ...retrieval.prompts import INSTRUCTION, VERIFY_INSPECT
+    from ...retrieval.teacher import world_teacher_samples
 
     samples = world_teacher_samples(train, ranking, "inspect", scene_by=scene_by)[0]
     turns = [p["text"] for s in samples for m in s.messages[1:] if m["role"] == "assistant" for p in m["content"]]
@@ -176,7 +176,7 @@ def sft_samples(cfg: Config, rr: CompressedReranker, data, ranking) -> tuple[lis
     and swaps only its first user turn for the kind's prompt; a kind without (full candidates, compression
     only) gets the teacher's CoT for that prompt, which verifies the hard candidates inline. With several
     kinds the sample ids are ``qid/kind``."""
-    from .retrieval.teacher import cot_sample, world_cot, world_teacher_samples
+    from ...retrieval.teacher import cot_sample, world_cot, world_teacher_samples
 
     r = cfg.retrv
     samples, stats = world_teacher_samples(data, ranking, "inspect", max_inspections=r.max_inspections,
@@ -310,7 +310,7 @@ class RetrvExperiment:
             c, train, test, r_train, r_test, _ = self.data(seed)
             target = run.path / "model"
             if not c.model.path and not (target / "config.json").exists():
-                from .models.tiny import build_tiny_model
+                from ...models.tiny import build_tiny_model
 
                 build_tiny_model(target, family=c.model.tiny_family, size=c.model.tiny_size, seed=seed,
                                  extra_text=vocab_text(train, r_train, c.retrv.scene_handle), vocab_size=TINY_VOCAB)
@@ -319,7 +319,7 @@ class RetrvExperiment:
             rr = attach_icm(c, lm)
             align = self_align(c, lm, rr, train, r_train, c.retrv.align_steps)
             samples, stats, prompts = sft_samples(c, rr, train, r_train)
-            from .train.sft import train_sft
+            from ...train.sft import train_sft
 
             res = train_sft(c, lm, samples, run, progress=self.progress,
                             overrides=lambda sid: prompts[sid][0][2] if len(prompts[sid][0]) > 2 else None)
@@ -333,7 +333,7 @@ class RetrvExperiment:
 
     def rl(self, seed: int, init_path: str, schedule: str) -> dict:
         def work(run):
-            from .train.agent_grpo import fit_agent
+            from ...train.agent_grpo import fit_agent
 
             c, train, test, r_train, r_test, _ = self.data(seed)
             c = derive_config(c, seed, retrv={"lambda_schedule": schedule})

@@ -1,0 +1,1 @@
+"""The mmsearch_r1 recipe: its runner and YAMLs."""

@@ -1,0 +1,1 @@
+"""The othink_mr1 recipe: its runner and YAMLs."""

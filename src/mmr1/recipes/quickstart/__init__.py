@@ -1,0 +1,1 @@
+"""The quickstart recipe: its runner and YAMLs."""

@@ -1,0 +1,1 @@
+"""The retrv_r1 recipe: its runner and YAMLs."""

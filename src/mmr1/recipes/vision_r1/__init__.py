@@ -1,0 +1,1 @@
+"""The vision_r1 recipe: its runner and YAMLs."""
