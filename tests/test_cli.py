@@ -45,7 +45,7 @@ def test_config_error_is_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: unknown key 'trainer.lrr'; did you mean 'trainer.lr'? (known: lr, lr_scheduler, "
                    "warmup_ratio, weight_decay, max_grad_norm, batch_size, grad_accum, epochs, max_steps, "
-                   "max_length, seed, eval_every, save_every, keep_checkpoints, resume, gradient_checkpointing)"]
+                   "max_length, seed, eval_every, save_every, keep_checkpoints, resume, overwrite, gradient_checkpointing)"]
 
 
 def test_data_world_imperfect_teacher(tmp_path, capsys):

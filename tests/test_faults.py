@@ -188,3 +188,175 @@ def test_no_space_left_on_device_is_one_clear_line(tmp_path, monkeypatch):
 
     msg = _fill_disk_on_second_save(tmp_path, fail)
     assert "No space left on device" in msg and "step-000001 is intact" in msg and "\n" not in msg
+
+
+# ------------------------------------------------------------------------------------------ run directories
+
+
+def test_rerun_with_other_settings_is_refused_with_the_keys_listed(tmp_path):
+    """Issue 23, failure 3: a rerun with other data or LR silently resumed and relabelled the old run."""
+    from mmr1.config import load_config
+    from mmr1.train.run_dir import RunDir
+
+    run = tmp_path / "run"
+    first = load_config("src/mmr1/recipes/quickstart/quickstart.yaml", [f"logging.run_dir={run}"])
+    RunDir(run, tensorboard=False, config=first).close()
+    (run / "checkpoints" / "step-000010").mkdir(parents=True)
+    saved = (run / "config.yaml").read_text()
+    other = load_config("src/mmr1/recipes/quickstart/quickstart.yaml",
+                        [f"logging.run_dir={run}", "trainer.lr=0.5", "data.train=other.jsonl", "logging.log_every=3"])
+    with pytest.raises(ConfigError) as err:
+        RunDir(run, tensorboard=False, config=other)
+    msg = str(err.value)
+    assert "trainer.lr: 0.002 there, 0.5 now" in msg and "data.train: 'world:counting' there, 'other.jsonl' now" in msg
+    assert "log_every" not in msg  # logging never changes the result
+    assert "trainer.resume=false with a new logging.run_dir" in msg and "trainer.overwrite=true" in msg
+    assert (run / "config.yaml").read_text() == saved and (run / "checkpoints" / "step-000010").exists()
+    # same settings (logging aside): accepted; resume=false on top of the run: refused
+    RunDir(run, tensorboard=False, config=load_config("src/mmr1/recipes/quickstart/quickstart.yaml",
+                                                      [f"logging.run_dir={run}", "logging.log_every=3"])).close()
+    with pytest.raises(ConfigError, match="trainer.resume=false would start over"):
+        RunDir(run, config=load_config("src/mmr1/recipes/quickstart/quickstart.yaml",
+                                       [f"logging.run_dir={run}", "trainer.resume=false"]))
+    # overwrite: the old run's outputs go, the new config is saved
+    (run / "metrics.jsonl").write_text('{"step": 1, "sft/loss": 1.0}\n')
+    (run / "model").mkdir()
+    RunDir(run, tensorboard=False, config=load_config(
+        "src/mmr1/recipes/quickstart/quickstart.yaml",
+        [f"logging.run_dir={run}", "trainer.lr=0.5", "trainer.overwrite=true", "model.tiny_size=L"])).close()
+    assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
+    assert not (run / "model").exists()  # it was built for size S
+    assert "lr: 0.5" in (run / "config.yaml").read_text()
+
+
+def test_resumed_run_never_duplicates_a_metrics_step(tmp_path):
+    """Issue 23, failure 3: after a resume metrics.jsonl held duplicate rows for the replayed steps."""
+    from mmr1.train.run_dir import RunDir
+
+    run = RunDir(tmp_path, tensorboard=False)
+    for step in range(1, 6):  # the first run logged 5 steps, its last checkpoint was at step 3
+        run.log_metrics(step, {"loss": 10.0 - step}, prefix="sft/")
+        run.log_metrics(step, {"acc": 0.1}, prefix="eval/")
+    run.log_metrics(0, {"accuracy": 0.3}, prefix="eval/base/")
+    run.close()
+    resumed = RunDir(tmp_path, tensorboard=False)
+    for step in range(4, 8):
+        resumed.log_metrics(step, {"loss": 100.0 + step}, prefix="sft/")
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    sft = [(r["step"], r["sft/loss"]) for r in rows if "sft/loss" in r]
+    assert sft == [(1, 9.0), (2, 8.0), (3, 7.0), (4, 104.0), (5, 105.0), (6, 106.0), (7, 107.0)]
+    assert [r["step"] for r in rows if "eval/acc" in r] == [1, 2, 3, 4, 5]  # other prefixes untouched
+    assert [r["step"] for r in rows if "eval/base/accuracy" in r] == [0]
+
+
+# ------------------------------------------------------------------------------------------ images and records
+
+
+def bomb_png(side: int = 20000) -> bytes:
+    """A real decompression bomb: a side x side 1-bit PNG of zeros, a few dozen KB on disk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * (1 + (side + 7) // 8)
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _image_records(tmp_path, with_answers=True) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (56, 56), (200, 30, 30)).save(tmp_path / "ok.png")
+    (tmp_path / "bomb.png").write_bytes(bomb_png())
+    Image.new("L", (3000, 2000)).save(tmp_path / "big.png")
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many?"}]}]
+    rows = [{"id": "a", "messages": msgs, "answers": ["1"], "images": ["ok.png"]},
+            {"id": "b", "messages": msgs, "answers": ["2"], "images": ["bomb.png"]},
+            {"id": "c", "messages": msgs, "answers": ["3"], "images": ["big.png"]},
+            {"id": "d", "messages": msgs, "answers": [] if not with_answers else ["4"], "images": ["ok.png"]},
+            {"id": "e", "messages": msgs, "answers": [" "] if not with_answers else ["5"], "images": ["ok.png"]}]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_decompression_bombs_and_huge_images_are_bad_records(tmp_path):
+    """Issue 23, failure 4: a 20000x20000 PNG raised an uncaught DecompressionBombError in data check, sft and
+    eval, even with data.on_error=skip; images above a configurable bound are refused too."""
+    from mmr1.build import build_samples
+    from mmr1.config import load_config
+    from mmr1.data.check import check_dataset
+    from mmr1.data.schema import load_image, set_max_image_pixels
+
+    path = _image_records(tmp_path)
+    report = check_dataset(path)
+    lines = report.lines()
+    assert any(":2 field 'images[0]': refused as a decompression bomb: Image size (400000000 pixels)" in x
+               for x in lines), lines
+    assert report.n_ok == 4 and not report.ok  # the 6-megapixel image is under the default bound
+    with pytest.raises(DataError, match="bomb.png|decompression bomb"):
+        load_image((tmp_path / "bomb.png").read_bytes(), source="x.jsonl:7", field="images[0]")
+    # a lower bound, set as a config key, makes the 3000x2000 image a bad record too: skipped and counted
+    cfg = load_config(None, [f"data.eval={path}", "data.on_error=skip", "data.max_image_pixels=1000000"])
+    try:
+        samples, errors = build_samples(cfg.data, "eval")
+        enc_errors = []
+        for s in samples:
+            try:
+                s.load_images()
+            except DataError as e:
+                enc_errors.append(str(e))
+        assert [s.id for s in samples] == ["a", "b", "c", "d", "e"] and errors == []
+        assert len(enc_errors) == 2 and "over the bound of 1,000,000" in enc_errors[1]
+    finally:
+        set_max_image_pixels(50_000_000)
+
+
+def test_sft_and_eval_skip_and_count_a_bomb(tmp_path, lms):
+    from mmr1.config import load_config
+    from mmr1.data.loaders import load_samples
+    from mmr1.eval.evaluate import evaluate
+    from mmr1.train.sft import encode_all
+
+    path = _image_records(tmp_path)
+    samples = load_samples(path).samples[:3]
+    for s in samples:
+        s.messages.append({"role": "assistant", "content": [{"type": "text", "text": "<answer>1</answer>"}]})
+    lm = lms("qwen2_5_vl")
+    cfg = load_config(None, ["data.on_error=skip"])
+    encoded, bad = encode_all(samples, lm, cfg)
+    assert len(encoded) == 2 and bad == 1
+    with pytest.raises(DataError, match="bomb"):
+        encode_all(samples, lm, load_config(None, []))
+    m = evaluate(lm, [s for s in load_samples(path).samples[:2]], max_new_tokens=2, on_error="skip",
+                 out_dir=tmp_path / "ev", show_progress=False)
+    assert m["n"] == 1 and m["skipped_records"] == 1
+
+
+def test_records_without_a_reference_answer_fail_the_check(tmp_path):
+    """Issue 23, failure 6: records without any reference answer passed data check and were scored wrong."""
+    from mmr1.build import build_samples
+    from mmr1.config import load_config
+    from mmr1.data.check import check_dataset
+
+    path = _image_records(tmp_path, with_answers=False)
+    lines = check_dataset(path).lines()
+    assert sum("field 'answer': no reference answer" in x for x in lines) == 2
+    assert any(":4 field 'answer'" in x for x in lines) and any(":5 field 'answer'" in x for x in lines)
+    with pytest.raises(DataError, match=r"data.jsonl:1 field 'answer'|:4 field 'answer': no reference answer"):
+        build_samples(load_config(None, [f"data.eval={path}", "data.max_image_pixels=1000000000"]).data, "eval")
+
+
+def test_non_finite_config_numbers_are_refused_with_the_key():
+    """Issue 23, failure 6: trainer.lr=nan or inf passed validation."""
+    from mmr1.config import load_config
+
+    for override, key in (("trainer.lr=nan", "trainer.lr"), ("rl.lr=inf", "rl.lr"),
+                          ("algorithm.beta=-.inf", "algorithm.beta"),
+                          ("rewards.custom={'m:f': .nan}", "rewards.custom.m:f")):
+        with pytest.raises(ConfigError, match=rf"^{key}: .* is not a finite number"):
+            load_config(None, [override])

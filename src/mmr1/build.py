@@ -42,6 +42,9 @@ def build_samples(data: DataConfig, split: str, with_solution: bool = False) -> 
 
     Returns (samples, errors): errors is non-empty only with data.on_error=skip.
     """
+    from .data.schema import answer_error, set_max_image_pixels
+
+    set_max_image_pixels(data.max_image_pixels)
     spec = data.train if split == "train" else data.eval
     if spec.startswith("world:"):
         from .data.worlds import make_world
@@ -59,6 +62,14 @@ def build_samples(data: DataConfig, split: str, with_solution: bool = False) -> 
 
     res = load_samples(spec, format=data.format, on_error=data.on_error, image_root=data.image_root,
                        limit=None if split == "train" else data.eval_size)
+    if not with_solution:  # RL and evaluation score against the reference: a record without one is bad
+        kept = []
+        for s in res.samples:
+            err = answer_error(s)
+            if err is not None and data.on_error == "raise":
+                raise err
+            (res.errors.append(err) if err is not None else kept.append(s))
+        res.samples = kept
     for err in res.errors:
         log.warning("skipped bad record: %s", err)
     return few_shot(res.samples, data) if split == "train" else res.samples, res.errors

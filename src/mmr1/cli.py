@@ -139,7 +139,9 @@ def _job(a):
 
     path, overrides = _split_config_args(a.args)
     cfg = load_config(path, overrides)
-    run = RunDir(cfg.logging.run_dir, tensorboard=cfg.logging.tensorboard)
+    # training claims the run directory before building anything in it (a different run there is refused)
+    claim = cfg if a.command in ("sft", "grpo") else None
+    run = RunDir(cfg.logging.run_dir, tensorboard=cfg.logging.tensorboard, config=claim)
     return cfg, run, build_model(cfg, run.path)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -68,6 +69,8 @@ class DataConfig:
                                   "solutions are imperfect as distilled ones are (0: a perfect teacher)",
                              min=0.0, max=0.99)
     on_error: Literal["raise", "skip"] = _f("raise", "bad records: stop with the error, or skip and count them")
+    max_image_pixels: int = _f(50_000_000, "images with more pixels are bad records (decompression bombs; checked "
+                                           "from the header before decoding)", min=1)
     instruction: Optional[str] = _f(None, "text appended to every question (None: the world's default)")
     system_prompt: Optional[str] = _f(None, "system message prepended to every prompt")
 
@@ -134,7 +137,11 @@ class TrainerConfig:
     eval_every: int = _f(0, "evaluate every N steps (0: only at the end)", min=0)
     save_every: int = _f(50, "checkpoint every N steps (0: only at the end)", min=0)
     keep_checkpoints: int = _f(2, "how many step checkpoints to keep", min=1)
-    resume: bool = _f(True, "resume from the latest checkpoint in the run directory")
+    resume: bool = _f(True, "resume from the latest checkpoint in the run directory (only when its saved config "
+                            "matches on every key that changes the result; false: start afresh, in a new run "
+                            "directory)")
+    overwrite: bool = _f(False, "replace the run in the run directory: remove its checkpoints, final model, metrics "
+                                "and TensorBoard events, then start afresh")
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (SFT and RL policy "
                                              "passes): less memory, more compute (RL then also runs each "
                                              "completion with its own copy of the prompt)")
@@ -448,6 +455,7 @@ def _build(cls, data: dict, prefix: str = ""):
             continue
         key = prefix + name
         value = _coerce(key, hints[name], data[name])
+        _check_finite(key, value)
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if lo is not None and value < lo or hi is not None and value > hi:
@@ -455,6 +463,19 @@ def _build(cls, data: dict, prefix: str = ""):
                 raise ConfigError(f"{key}: {value!r} is out of range; allowed {rng}")
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _check_finite(key: str, value) -> None:
+    """NaN and infinities pass every range check and poison a run silently (trainer.lr=nan trains nothing):
+    refused anywhere in the tree, free-form dicts and lists included."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value!r} is not a finite number; give a real value")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(f"{key}.{k}", v)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(f"{key}[{i}]", v)
 
 
 def build_section(cls, data: dict, prefix: str = ""):
@@ -531,11 +552,14 @@ def to_dict(cfg) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from . import dist
+    """Write a run's resolved config to RUN/config.yaml, after checking it against the one a previous run left
+    there (`train.run_dir.claim`: a different run is refused, never silently resumed or relabelled)."""
+    from .train.run_dir import claim
 
-    if not dist.is_main():  # one writer under data parallelism
-        return
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    path = Path(path)
+    if path.name != "config.yaml":
+        raise ValueError(f"save_config writes a run directory's config.yaml, not {path}")
+    claim(path.parent, cfg)
 
 
 def describe(cls=Config, prefix: str = "") -> list[tuple[str, str, Any, str]]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from .loaders import load_samples
+from .schema import answer_error
 
 
 @dataclass
@@ -46,6 +47,10 @@ def check_dataset(path: str | Path, format: str = "auto", image_root: str | Path
     except DataError as e:
         report.errors.append(e)
         return report
-    report.n_records, report.n_ok = result.n_records, len(result.samples)
     report.formats, report.errors = result.formats, result.errors
+    no_answer = [e for e in map(answer_error, result.samples) if e is not None]  # scored wrong, silently
+    files = {f: i for i, f in enumerate(dict.fromkeys(str(e.file) for e in report.errors + no_answer))}
+    report.errors = sorted(report.errors + no_answer,
+                           key=lambda e: (files[str(e.file)], int(e.row) if str(e.row).isdigit() else 0))
+    report.n_records, report.n_ok = result.n_records, len(result.samples) - len(no_answer)
     return report

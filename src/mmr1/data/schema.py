@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -13,6 +14,22 @@ from ..errors import DataError
 
 # An image as a record holds it: a file path, encoded bytes, or a decoded PIL image.
 ImageRef = Union[str, Path, bytes, Image.Image]
+
+# Images with more pixels than this are bad records (decompression bombs, or scans to shrink first); checked on
+# the header, before anything is decoded. `data.max_image_pixels` sets it for a job, `--max-image-pixels` in serve.
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+_limits = {"pixels": DEFAULT_MAX_IMAGE_PIXELS}
+
+
+def set_max_image_pixels(n: int) -> None:
+    """The pixel bound `load_image` applies when its caller gives none."""
+    if n < 1:
+        raise ValueError(f"the image pixel bound must be >= 1, got {n}")
+    _limits["pixels"] = int(n)
+
+
+def max_image_pixels() -> int:
+    return _limits["pixels"]
 
 
 @dataclass
@@ -64,6 +81,17 @@ class Sample:
         return [load_image(im, source=self.source, field=f"images[{i}]") for i, im in enumerate(self.images)]
 
 
+def answer_error(sample: Sample) -> DataError | None:
+    """A record RL rewards and evaluation would score against nothing (no non-empty reference answer)."""
+    if any(str(a).strip() for a in sample.answers):
+        return None
+    file, _, row = sample.source.rpartition(":") if sample.source else ("", "", "")
+    return DataError("no reference answer, so rewards and evaluation would score every output wrong; add the "
+                     "answer or drop the record", file=file or sample.source or None,
+                     row=int(row) if row.isdigit() else (row or None),
+                     field="answer")
+
+
 def message_text(message: dict) -> str:
     content = message["content"]
     if isinstance(content, str):
@@ -90,29 +118,39 @@ def assistant_turn(text: str) -> dict:
 
 
 def load_image(ref: ImageRef, *, source: str = "", field: str = "image",
-               root: str | Path | None = None) -> Image.Image:
+               root: str | Path | None = None, max_pixels: int | None = None) -> Image.Image:
     """Decode an image to RGB, or raise a DataError that names the record and what is wrong. A relative path is
-    taken relative to `root` when given."""
+    taken relative to `root` when given. An image over `max_pixels` (default: `max_image_pixels()`) is refused
+    from its header, before it is decoded, as is anything PIL calls a decompression bomb."""
     file, _, row = source.rpartition(":") if source else ("", "", "")
     where = dict(file=file or source or None, row=row or None, field=field)
+    limit = max_pixels or _limits["pixels"]
     try:
-        if isinstance(ref, Image.Image):
-            img = ref
-        elif isinstance(ref, (bytes, bytearray)):
-            img = Image.open(io.BytesIO(ref))
-        elif isinstance(ref, (str, Path)):
-            p = Path(ref).expanduser()
-            if root is not None and not p.is_absolute():
-                p = Path(root) / p
-            if not p.exists():
-                raise DataError(f"image file not found: {p}", **where)
-            img = Image.open(p)
-        else:
-            raise DataError(f"expected an image path, bytes or PIL image, got {type(ref).__name__}", **where)
-        img.load()  # force the decode so truncated files fail here, not inside a training step
-        return img.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own bound decides
+            if isinstance(ref, Image.Image):
+                img = ref
+            elif isinstance(ref, (bytes, bytearray)):
+                img = Image.open(io.BytesIO(ref))
+            elif isinstance(ref, (str, Path)):
+                p = Path(ref).expanduser()
+                if root is not None and not p.is_absolute():
+                    p = Path(root) / p
+                if not p.exists():
+                    raise DataError(f"image file not found: {p}", **where)
+                img = Image.open(p)
+            else:
+                raise DataError(f"expected an image path, bytes or PIL image, got {type(ref).__name__}", **where)
+            w, h = img.size
+            if w * h > limit:
+                raise DataError(f"image is {w}x{h} = {w * h:,} pixels, over the bound of {limit:,} (a decompression "
+                                "bomb, or an image to shrink first; data.max_image_pixels raises the bound)", **where)
+            img.load()  # force the decode so truncated files fail here, not inside a training step
+            return img.convert("RGB")
     except DataError:
         raise
+    except Image.DecompressionBombError as e:
+        raise DataError(f"refused as a decompression bomb: {e}", **where) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         what = ref if isinstance(ref, (str, Path)) else f"{type(ref).__name__} image"
         raise DataError(f"cannot decode {what}: {e}", **where) from None
