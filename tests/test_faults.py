@@ -360,3 +360,107 @@ def test_non_finite_config_numbers_are_refused_with_the_key():
                           ("rewards.custom={'m:f': .nan}", "rewards.custom.m:f")):
         with pytest.raises(ConfigError, match=rf"^{key}: .* is not a finite number"):
             load_config(None, [override])
+
+
+# ------------------------------------------------------------------------------------------ tools
+
+
+class Exits:
+    name = "text_search"
+
+    def __call__(self, query, *, images):
+        sys.exit(3)
+
+
+class OwnInterrupt:
+    name = "text_search"
+
+    def __call__(self, query, *, images):
+        raise KeyboardInterrupt("a tool's own")
+
+
+class Floods:
+    """Two million words of result text."""
+
+    name = "text_search"
+
+    def __call__(self, query, *, images):
+        from mmr1.tools import ToolResult
+
+        return ToolResult("word " * 2_000_000)
+
+
+class Sleeps:
+    name = "text_search"
+    timeout_s = 0.2
+
+    def __call__(self, query, *, images):
+        import time
+
+        time.sleep(1.0)
+
+
+TEXT_SEARCH = "<reason>need facts</reason> <text_search>red square history</text_search>"
+ANSWER = "<reason>done</reason> <answer>red square</answer>"
+
+
+def _agent_prompts():
+    return [([{"role": "user", "content": [{"type": "text", "text": "Who built it?"}]}], [])]
+
+
+@pytest.mark.parametrize("tool,error", [(Exits(), "raised SystemExit: 3"),
+                                        (OwnInterrupt(), "raised KeyboardInterrupt: a tool's own"),
+                                        (Sleeps(), "timed out after 0.2 s")])
+def test_a_tool_that_exits_or_hangs_is_an_error_observation(lms, tool, error):
+    """Issue 23, failure 5: the runner caught only Exception, so a tool calling sys.exit ended the run."""
+    from mmr1.rollout.agent import AgentConfig, AgentLoop
+
+    loop = AgentLoop(lms("qwen2_5_vl"), [tool], AgentConfig(max_turn_tokens=30, max_total_tokens=1000))
+    try:
+        (t,) = loop.run(_agent_prompts(), n=1, generator=torch.Generator().manual_seed(0),
+                        script={1: TEXT_SEARCH, 2: ANSWER})[0]
+    finally:
+        loop.close()
+    assert t.tool_calls[0].status == "error" and t.tool_calls[0].error == error
+    assert t.tool_calls[0].observation == f"[text_search error: {error}]"
+    assert t.finish_reason == "answer" and len(t.turns) == 2
+    assert loop.tool_stats["text_search"].failures == 1
+
+
+def test_oversized_tool_output_is_bounded_marked_and_counted(lms):
+    """Issue 23, failure 5: a 2-million-word observation was tokenised whole, then silently ended the rollout as
+    "length" with status ok and was not counted."""
+    from mmr1.rollout.agent import AgentConfig, AgentLoop
+    from mmr1.train.agent_grpo import trajectory_metrics
+
+    lm = lms("qwen2_5_vl")
+    cfg = AgentConfig(max_turn_tokens=30, max_total_tokens=1000, max_observation_chars=5000,
+                      max_observation_tokens=200)
+    loop = AgentLoop(lm, [Floods()], cfg)
+    calls = []
+    real = lm.tokenizer.encode
+    lm.tokenizer.encode = lambda text, *a, **k: calls.append(len(text)) or real(text, *a, **k)
+    try:
+        (t,) = loop.run(_agent_prompts(), n=1, generator=torch.Generator().manual_seed(0),
+                        script={1: TEXT_SEARCH, 2: ANSWER})[0]
+    finally:
+        del lm.tokenizer.encode
+        loop.close()
+    call = t.tool_calls[0]
+    assert max(calls) <= 5000  # never tokenised whole
+    assert call.status == "ok" and call.truncated and t.finish_reason == "answer"
+    assert "[truncated: " in call.observation and "of 10,000,000 characters shown]" in call.observation
+    tok = lm.tokenizer
+    shown = call.observation.split("<information>")[1].split("</information>")[0]
+    assert len(tok.encode(shown.split(" [truncated: ")[0])) <= 200  # the token bound
+    details = [type("D", (), {"reward": 0.0, "correct": False, "format": True})()]
+    assert trajectory_metrics([t], [type("S", (), {"meta": {}})()], details)["tool/truncated"] == 1
+    # an observation that cannot fit the remaining budget at all is counted too
+    tight = AgentLoop(lm, [Floods()], AgentConfig(max_turn_tokens=30, max_total_tokens=120,
+                                                   max_observation_tokens=200))
+    try:
+        (t,) = tight.run(_agent_prompts(), n=1, generator=torch.Generator().manual_seed(0),
+                         script={1: TEXT_SEARCH, 2: ANSWER})[0]
+    finally:
+        tight.close()
+    assert t.finish_reason == "length" and t.tool_calls[0].truncated and t.tool_calls[0].span is None

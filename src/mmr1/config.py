@@ -273,6 +273,9 @@ class AgentRolloutConfig:
                                         "empty: any round)")
     tool_timeout_s: float = _f(30.0, "seconds per tool call before it counts as timed out", min=0.001)
     tool_threads: int = _f(16, "tool calls run concurrently", min=1)
+    max_observation_chars: int = _f(20_000, "a tool result's text is cut to this many characters before it is "
+                                            "tokenised (marked, counted as tool/truncated)", min=1)
+    max_observation_tokens: int = _f(2048, "... and to this many tokens after", min=1)
     mini_batches: int = _f(1, "optimizer steps per rollout batch: the batch is split into this many mini-batches "
                               "of whole groups (verl: prompts per step / ppo_mini_batch_size)", min=1)
 

@@ -26,6 +26,11 @@ mask (1 on sampled ids, 0 on every injected one, image tokens included), the sam
 (0 where the mask is 0), the images in order, turns, tool calls and the finish reason.
 `build_agent_batch` turns trajectories into rows for `completion_logprobs` and the GRPO loss.
 
+Observations are bounded twice: the tool's text is cut to `max_observation_chars` before it is tokenised
+(a 2-million-word page costs nothing), then to `max_observation_tokens`, and a visible marker says so
+(`ToolCall.truncated`, `tool/truncated` in the metrics). An observation that still does not fit the total
+budget ends the trajectory as "length" and is counted the same way.
+
 Finish reasons: "answer" (an answer action), "stop" (a turn ended without an action), "turn_length"
 (a turn used its whole per-turn budget), "length" (the total budget ran out, while sampling or
 because the observation does not fit), "max_rounds" (a tool was requested in the last round; as in
@@ -150,6 +155,8 @@ class AgentConfig:
     tool_limits: Mapping[str, int] = field(default_factory=lambda: {"image_search": 1, "text_search": 2})
     tool_rounds: Mapping[str, Sequence[int]] = field(default_factory=lambda: {"image_search": (1,)})
     tool_timeout_s: float = 30.0  # default per-call timeout (a tool's `timeout_s` overrides it)
+    max_observation_chars: int = 20_000  # a tool's text is cut to this before it is tokenised
+    max_observation_tokens: int = 2048  # ... and to this many tokens after
     tool_threads: int = 16
     observation: ObservationFormat = field(default_factory=ObservationFormat)
     batch_size: int = 64  # trajectories decoded together
@@ -161,6 +168,8 @@ class AgentConfig:
             raise ValueError(f"max_rounds must be >= 1, got {self.max_rounds}")
         if self.max_turn_tokens < 1 or self.max_total_tokens < 1:
             raise ValueError("max_turn_tokens and max_total_tokens must be >= 1")
+        if self.max_observation_chars < 1 or self.max_observation_tokens < 1:
+            raise ValueError("max_observation_chars and max_observation_tokens must be >= 1")
         if self.do_sample and self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
 
@@ -190,6 +199,7 @@ class ToolCall:
     observation: str = ""  # the observation turn's user text
     n_images: int = 0  # images the observation shows
     span: tuple[int, int] | None = None  # where its injected ids sit in token_ids (None: not injected)
+    truncated: bool = False  # its result was cut to the observation bounds, or did not fit the budget at all
 
 
 @dataclass
@@ -267,6 +277,7 @@ class AgentStats:
 
 
 _PLACEHOLDER = "\x1fAGENT_TURN\x1f"
+TRUNCATED = " [truncated: {shown:,} of {total:,} characters shown]"
 
 
 def _question(messages: list[dict]) -> str:
@@ -647,12 +658,24 @@ class AgentLoop:
             call.latency_s = o.latency_s
             if o.ok:
                 res: ToolResult = o.result
-                todo.append((t, call, fmt.success(call.tool, res.text, t._prompt.question),
-                             list(res.images)))
+                text, call.truncated = self.bound_observation(res.text)
+                todo.append((t, call, fmt.success(call.tool, text, t._prompt.question), list(res.images)))
             else:
                 call.status, call.error = "error", o.error
                 todo.append((t, call, fmt.failure(call.tool, o.error_text, t._prompt.question), []))
         self._inject(todo)
+
+    def bound_observation(self, text: str) -> tuple[str, bool]:
+        """`text` cut to max_observation_chars, then to max_observation_tokens, with a visible marker when cut."""
+        cfg, n_chars, cut = self.cfg, len(text), False
+        if n_chars > cfg.max_observation_chars:
+            text, cut = text[:cfg.max_observation_chars], True
+        ids = self.tok.encode(text, add_special_tokens=False)
+        if len(ids) > cfg.max_observation_tokens:
+            text, cut = self.tok.decode(ids[:cfg.max_observation_tokens]), True
+        if cut:
+            text += TRUNCATED.format(shown=len(text), total=n_chars)
+        return text, cut
 
     def _clean(self, text: str) -> str:
         for s in self._specials:
@@ -699,6 +722,7 @@ class AgentLoop:
             k += len(images)
             if len(t.token_ids) + len(ids) >= self.cfg.max_total_tokens:  # no room left for a next turn
                 t.finish_reason = "length"
+                call.truncated = True  # counted: the model never saw this observation
                 continue
             start = len(t.token_ids)
             t._extend(ids, 0, None, mm)

@@ -11,7 +11,9 @@ to. Tools without that keyword are called exactly as before.
 `ToolRunner` calls tools concurrently in a thread pool, enforces each call's timeout, and turns every
 failure into an error text instead of an exception, so a rollout never stops on a tool:
 
-- the tool raised:                 ``[text_search error: raised ValueError: boom]``
+- the tool raised:                 ``[text_search error: raised ValueError: boom]`` (any BaseException:
+                                   a tool's ``sys.exit`` or its own KeyboardInterrupt ends the call, not
+                                   the run; the user's Ctrl-C reaches the main thread, never a tool's)
 - it ran past its timeout:         ``[text_search error: timed out after 2.0 s]``
 - it returned something else:      ``[text_search error: returned str, not ToolResult]``
 - its ToolResult is malformed:     ``[text_search error: returned a ToolResult with ...]``
@@ -215,7 +217,7 @@ class ToolRunner:
             try:
                 res = self.tools[name](query, images=list(images or []), **kwargs)
                 return res, None, time.monotonic() - started[i]
-            except Exception as e:  # a tool's failure is an observation, not a crash
+            except BaseException as e:  # noqa: BLE001 - a tool's failure (sys.exit included) is an observation
                 return None, e, time.monotonic() - started[i]
 
         submitted = time.monotonic()

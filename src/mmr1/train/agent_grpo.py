@@ -58,7 +58,8 @@ def agent_config(cfg: Config, *, sample: bool = True, max_rounds: int | None = N
                        top_p=ro.top_p if sample else 1.0, do_sample=sample,
                        tool_limits={"image_search": ag.image_search_limit, "text_search": ag.text_search_limit},
                        tool_rounds=rounds, tool_timeout_s=ag.tool_timeout_s, tool_threads=ag.tool_threads,
-                       batch_size=ro.batch_size)
+                       batch_size=ro.batch_size, max_observation_chars=ag.max_observation_chars,
+                       max_observation_tokens=ag.max_observation_tokens)
 
 
 def build_search_reward(cfg: Config, penalty: float | None = None) -> SearchReward:
@@ -149,6 +150,7 @@ def trajectory_metrics(trajs: Sequence[Trajectory], samples: Sequence, details: 
         m[f"tool/{tool}/refusals"] = sum(c.status == "refused" for c in calls)
         m[f"tool/{tool}/latency_mean_s"] = sum(c.latency_s for c in made) / len(made) if made else 0.0
         m[f"tool/{tool}/latency_max_s"] = max((c.latency_s for c in made), default=0.0)
+    m["tool/truncated"] = sum(c.truncated for t in trajs for c in t.tool_calls)
     m["turns/mean"] = sum(len(t.turns) for t in trajs) / n
     m["sampled_tokens/mean"] = sum(t.n_sampled for t in trajs) / n
     m["injected_tokens/mean"] = sum(len(t.token_ids) - t.n_sampled for t in trajs) / n
