@@ -219,15 +219,26 @@ def cmd_quickstart(a) -> int:
 def cmd_serve(a) -> int:
     from . import dist
     from .models import load_model
-    from .serve import ChatServer, make_http_server
+    from .serve import ChatServer, ServeLimits, make_http_server
 
     if not (Path(a.model_dir) / "config.json").exists():
         raise DataError(f"{a.model_dir}: no config.json; give a model directory (e.g. one `mmr1 tiny-model` wrote)")
+    for d in a.allow_local_dir:
+        if not Path(d).is_dir():
+            raise DataError(f"--allow-local-dir {d}: not a directory")
+    limits = ServeLimits(max_body_bytes=int(a.max_body_mb * (1 << 20)), max_images=a.max_images,
+                         max_image_pixels=a.max_image_pixels, max_prompt_tokens=a.max_prompt_tokens,
+                         max_tokens_limit=a.max_tokens_limit, request_timeout_s=a.request_timeout,
+                         max_queue=a.max_queue, allow_local_dirs=tuple(a.allow_local_dir))
+    api_key = a.api_key or os.environ.get("MMR1_API_KEY") or None
     lm = load_model(a.model_dir, dtype=a.dtype, device=str(dist.pick_device(a.device)))
-    chat = ChatServer(lm, a.name or Path(a.model_dir).resolve().name, max_tokens_limit=a.max_tokens_limit,
-                      default_max_tokens=a.max_tokens)
-    httpd = make_http_server(chat, a.host, a.port)
+    chat = ChatServer(lm, a.name or Path(a.model_dir).resolve().name, default_max_tokens=a.max_tokens,
+                      limits=limits)
+    httpd = make_http_server(chat, a.host, a.port, api_key=api_key)
     host, port = httpd.server_address[:2]
+    if not api_key and a.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {a.host} without an API key; anyone who reaches the port can use the model "
+              "(set --api-key or MMR1_API_KEY)", file=sys.stderr, flush=True)
     print(f"serving {chat.name} at http://{host}:{port}/v1 (Ctrl-C stops)", flush=True)
     try:
         httpd.serve_forever()
@@ -414,10 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
         e.set_defaults(fn=fn)
 
     sv = sub.add_parser("serve", help="serve a model over an OpenAI-compatible chat-completions API",
-                        description="Serve MODEL_DIR at http://HOST:PORT/v1: POST /v1/chat/completions (messages "
-                                    "with images as base64 data URLs or local paths; max_tokens, temperature (0: "
-                                    "greedy), top_p, n, stop, seed), GET /v1/models, GET /health. Teachers, judges "
-                                    "and evaluation reach it like vLLM or a hosted API. Requests run one at a time.")
+                        description="Serve MODEL_DIR at http://HOST:PORT/v1 (FastAPI + uvicorn): POST "
+                                    "/v1/chat/completions (messages with images as base64 data URLs; max_tokens, "
+                                    "temperature (0: greedy), top_p, n, stop, seed), GET /v1/models, GET /health. "
+                                    "Teachers, judges and evaluation reach it like vLLM or a hosted API. Requests "
+                                    "are checked against the limits below (413/400 with a message), generation runs "
+                                    "one request at a time in arrival order, /health always answers.")
     sv.add_argument("model_dir", help="model directory (config.json, weights, tokenizer, processor)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     sv.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one and prints it)")
@@ -426,6 +439,23 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: float32)")
     sv.add_argument("--max-tokens", type=int, default=512, help="completion length when a request gives none")
     sv.add_argument("--max-tokens-limit", type=int, default=4096, help="longest completion a request may ask for")
+    sv.add_argument("--api-key", default=None,
+                    help="require 'Authorization: Bearer KEY' on /v1 routes, else 401 (default: $MMR1_API_KEY; "
+                         "unset: no key). Prefer the variable: a flag shows in the process list")
+    sv.add_argument("--allow-local-dir", action="append", default=[], metavar="DIR",
+                    help="serve local image paths / file:// URLs that resolve under DIR (repeatable; default: none, "
+                         "every local path is refused)")
+    sv.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body in MiB, else 413 "
+                                                                   "(default: 20)")
+    sv.add_argument("--max-images", type=int, default=8, help="images per request (default: 8)")
+    sv.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
+                    help="pixels per image, read from its header before decoding (default: 16777216)")
+    sv.add_argument("--max-prompt-tokens", type=int, default=8192,
+                    help="prompt tokens per request, images included (default: 8192)")
+    sv.add_argument("--request-timeout", type=float, default=300.0,
+                    help="seconds a request may wait and generate before a 504 (default: 300)")
+    sv.add_argument("--max-queue", type=int, default=128, help="requests waiting for generation before new ones "
+                                                               "get 503 (default: 128)")
     sv.set_defaults(fn=cmd_serve)
 
     cf = sub.add_parser("config", help="list every config key, or print a resolved config",

@@ -1,25 +1,28 @@
-"""A small OpenAI-compatible chat client (standard-library HTTP): the way mmr1 reaches teachers, judges
-and evaluated models, whether `mmr1 serve`, vLLM, SGLang or a hosted API.
+"""The OpenAI-compatible chat client mmr1 reaches teachers, judges and evaluated models with (`mmr1 serve`,
+vLLM, SGLang or a hosted API), on the official `openai` SDK.
 
-Timeouts, connection errors, HTTP 429 and 5xx are retried with exponential back-off; any other HTTP
-error fails at once with the server's own message, since sending it again cannot help.
+The SDK does the HTTP, the timeouts and the error types; the retry schedule is mmr1's own (the SDK's
+retries are off) so that `coldstart.retries` / `coldstart.backoff` mean what they say and every attempt is
+counted: timeouts, connection errors, HTTP 408/409/429 and 5xx are retried with exponential back-off; any
+other HTTP error fails at once with the server's own message, since sending it again cannot help.
+
+Keys come from an environment variable named in the config (`from_env`), never from the config itself, and
+never appear in messages or logs. With no key the client sends a placeholder, not `OPENAI_API_KEY`: a
+user's OpenAI key must not travel to whatever `base_url` a recipe names.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import json
 import os
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 
 from .errors import MMR1Error
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+NO_KEY = "no-key"
 
 
 class APIError(MMR1Error):
@@ -40,46 +43,50 @@ def image_part(img) -> dict:
 class ChatClient:
     def __init__(self, base_url: str, model: str = "", api_key: str | None = None, timeout: float = 120.0,
                  retries: int = 4, backoff: float = 1.0, sleep=time.sleep):
+        import openai
+
         self.base_url = base_url.rstrip("/")
-        self.model, self.api_key = model, api_key
+        self.model = model
         self.timeout, self.retries, self.backoff, self.sleep = timeout, retries, backoff, sleep
         self.requests = 0  # HTTP requests sent, retries included
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}  # as the server reported them
         self._lock = threading.Lock()
+        self._sdk = openai.OpenAI(base_url=self.base_url, api_key=api_key or NO_KEY, timeout=timeout, max_retries=0)
+
+    def __repr__(self) -> str:  # never the key
+        return f"ChatClient({self.base_url!r}, model={self.model!r})"
 
     @classmethod
     def from_env(cls, base_url: str, model: str, key_env: str, **kw) -> "ChatClient":
         return cls(base_url, model, os.environ.get(key_env) if key_env else None, **kw)
 
-    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
-        url = f"{self.base_url}{path}"
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        data = json.dumps(body).encode() if body is not None else None
+    def _call(self, what: str, fn):
+        import openai
+
         last = ""
         for attempt in range(self.retries + 1):
             if attempt:
                 self.sleep(self.backoff * 2 ** (attempt - 1))
             self.requests += 1
             try:
-                req = urllib.request.Request(url, data=data, headers=headers, method=method)
-                with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                    return json.loads(r.read())
-            except urllib.error.HTTPError as e:
+                return fn()
+            except openai.APIStatusError as e:
                 msg = _server_message(e)
-                if e.code not in RETRY_STATUS:
-                    raise APIError(f"{method} {url}: HTTP {e.code}: {msg}") from None
-                last = f"HTTP {e.code}: {msg}"
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
-                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-            except ValueError as e:
-                last = f"the reply is not JSON ({e})"
-        raise APIError(f"{method} {url}: failed after {self.retries + 1} attempts; last error: {last}",
-                       retryable=True)
+                if e.status_code not in RETRY_STATUS:
+                    raise APIError(f"{what}: HTTP {e.status_code}: {msg}") from None
+                last = f"HTTP {e.status_code}: {msg}"
+            except openai.APITimeoutError:
+                last = f"APITimeoutError: no reply within {self.timeout:g} s"
+            except openai.APIConnectionError as e:
+                cause = e.__cause__ or e
+                last = f"APIConnectionError: {type(cause).__name__}: {str(cause)[:200]}"
+            except (openai.APIResponseValidationError, ValueError) as e:
+                last = f"the reply is not a valid response ({str(e)[:200]})"
+        raise APIError(f"{what}: failed after {self.retries + 1} attempts; last error: {last}", retryable=True)
 
     def models(self) -> list[str]:
-        return [m["id"] for m in self._request("GET", "/models").get("data", [])]
+        page = self._call(f"GET {self.base_url}/models", lambda: self._sdk.models.list())
+        return [m.id for m in page.data]
 
     def resolve_model(self) -> str:
         """The configured model name, or the server's first one."""
@@ -92,14 +99,19 @@ class ChatClient:
 
     def chat(self, messages: list[dict], **params) -> dict:
         """One chat completion; returns the first choice's message (content, and reasoning_content when the
-        server splits the thinking out, as DeepSeek-R1's API does) plus `finish_reason` and `usage`."""
-        reply = self._request("POST", "/chat/completions", {"model": self.resolve_model(), "messages": messages,
-                                                             **params})
+        server splits the thinking out, as DeepSeek-R1's API does) plus `finish_reason` and `usage`. Every
+        param goes into the request body as given (OpenAI's names: max_tokens, temperature, n, seed, ...)."""
+        model = self.resolve_model()
+        reply = self._call(f"POST {self.base_url}/chat/completions",
+                           lambda: self._sdk.chat.completions.create(model=model, messages=messages,
+                                                                     extra_body=params or None))
         try:
+            reply = reply.model_dump() if hasattr(reply, "model_dump") else dict(reply)
             choice = reply["choices"][0]
             msg = dict(choice["message"])
-        except (KeyError, IndexError, TypeError):
+        except (KeyError, IndexError, TypeError, ValueError):
             raise APIError(f"POST {self.base_url}/chat/completions: no choices in the reply {str(reply)[:200]!r}")
+        msg = {k: v for k, v in msg.items() if v is not None or k == "content"}
         msg["content"] = msg.get("content") or ""
         msg["finish_reason"] = choice.get("finish_reason")
         msg["usage"] = reply.get("usage") or {}
@@ -109,10 +121,9 @@ class ChatClient:
         return msg
 
 
-def _server_message(e: urllib.error.HTTPError) -> str:
-    try:
-        body = json.loads(e.read() or b"{}")
+def _server_message(e) -> str:
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
         err = body.get("error", body)
         return str(err.get("message", err) if isinstance(err, dict) else err)[:300]
-    except (ValueError, AttributeError):
-        return str(e.reason)
+    return str(getattr(e, "message", e))[:300]
