@@ -464,3 +464,273 @@ def test_oversized_tool_output_is_bounded_marked_and_counted(lms):
     finally:
         tight.close()
     assert t.finish_reason == "length" and t.tool_calls[0].truncated and t.tool_calls[0].span is None
+
+
+# ------------------------------------------------------------------------------------------ serve
+
+
+KEY = "test-key-123"
+
+
+def _png(side: int, colour=(200, 30, 30)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _data_url(raw: bytes) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(raw).decode()
+
+
+@pytest.fixture(scope="module")
+def hardened(lms, tmp_path_factory):
+    """A real uvicorn server on 127.0.0.1 with an API key, an allowed image directory and small limits."""
+    import threading
+
+    from mmr1.serve import ChatServer, ServeLimits, make_http_server
+
+    root = tmp_path_factory.mktemp("serve")
+    allowed, secret = root / "allowed", root / "secret"
+    allowed.mkdir(), secret.mkdir()
+    (allowed / "ok.png").write_bytes(_png(56))
+    (secret / "private.png").write_bytes(_png(56))
+    (allowed / "link.png").symlink_to(secret / "private.png")
+    limits = ServeLimits(max_body_bytes=512 << 10, max_images=2, max_image_pixels=100_000, max_prompt_tokens=256,
+                         max_tokens_limit=64, request_timeout_s=120, allow_local_dirs=(allowed,))
+    chat = ChatServer(lms("qwen2_5_vl"), "tiny", default_max_tokens=4, limits=limits)
+    httpd = make_http_server(chat, "127.0.0.1", 0, api_key=KEY)
+    th = threading.Thread(target=httpd.serve_forever, daemon=True)
+    th.start()
+    import httpx
+
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    for _ in range(200):  # until uvicorn accepts
+        try:
+            httpx.get(f"{base}/health", timeout=1)
+            break
+        except httpx.TransportError:
+            import time
+
+            time.sleep(0.05)
+    yield base, root, chat
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _post(base, body, key=KEY, raw: bytes | None = None, timeout=120):
+    import httpx
+
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    data = raw if raw is not None else json.dumps(body).encode()
+    r = httpx.post(f"{base}/v1/chat/completions", content=data, headers=headers, timeout=timeout)
+    return r.status_code, r.json()
+
+
+def _user(*parts, text="How many red objects?"):
+    return {"messages": [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}], "max_tokens": 4,
+            "temperature": 0}
+
+
+def _img(url):
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def test_serve_api_key(hardened):
+    import httpx
+
+    base, _, _ = hardened
+    assert _post(base, _user(), key=None)[0] == 401
+    code, r = _post(base, _user(), key="wrong")
+    assert code == 401 and r["error"]["type"] == "authentication_error"
+    assert httpx.get(f"{base}/v1/models", timeout=10).status_code == 401
+    assert httpx.get(f"{base}/health", timeout=10).json()["status"] == "ok"  # health needs no key
+    assert _post(base, _user())[0] == 200
+
+
+def test_serve_reads_only_allowed_local_files_and_leaks_no_existence(hardened):
+    """Issue 23, failure 2: any readable local image was served by path or file:// URL, and the errors said
+    whether a file existed."""
+    base, root, _ = hardened
+    refused = []
+    for url in (str(root / "secret" / "private.png"), f"file://{root / 'secret' / 'private.png'}",
+                str(root / "secret" / "missing.png"), "/etc/passwd", "/nonexistent/x.png",
+                str(root / "allowed" / "link.png"), str(root / "allowed" / ".." / "secret" / "private.png")):
+        code, r = _post(base, _user(_img(url)))
+        assert code == 400, (url, r)
+        refused.append(r["error"]["message"])
+    assert len(set(refused)) == 1 and "--allow-local-dir" in refused[0]  # one message: nothing to learn
+    assert _post(base, _user(_img(str(root / "allowed" / "ok.png"))))[0] == 200
+    assert _post(base, _user(_img(f"file://{root / 'allowed' / 'ok.png'}")))[0] == 200
+
+
+def test_serve_limits_answer_400_or_413_never_a_crash(hardened):
+    """Issue 23, failure 2: an unbounded prompt killed the server for memory, a bomb gave a 500."""
+    base, _, chat = hardened
+    cases = [
+        (_user(text="word " * 400_000), 413, "over the 524,288 byte limit"),  # a 2 MB prompt
+        (_user(text="word " * 30_000), 400, "characters, more than 256 tokens"),  # refused before tokenising
+        (_user(text="word " * 300), 400, "tokens; the limit is 256"),
+        (_user(*[_img(_data_url(_png(28)))] * 3), 400, "3 images in one request; the limit is 2"),
+        (_user(_img(_data_url(_png(400)))), 400, "over the bound of 100,000"),
+        (_user(_img(_data_url(bomb_png(6000)))), 400, "decompression bomb|over the bound"),
+        (_user(_img("data:image/png;base64,AAAA")), 400, "not a readable image"),
+        ({**_user(), "max_tokens": 10_000}, 400, r"'max_tokens' must be in \[1, 64\]"),
+        ({**_user(), "n": 1000, "temperature": 1.0}, 400, "'n' must be in"),
+        ({**_user(), "temperature": float("nan")}, 400, "temperature"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, 400, "must be a string"),
+        ({"messages": "hi"}, 400, "'messages' must be a non-empty list"),
+        ([1, 2], 400, "must be a JSON object"),
+    ]
+    import re
+
+    for body, status, message in cases:
+        raw = json.dumps(body).replace("NaN", "NaN").encode()
+        code, r = _post(base, None, raw=raw)
+        assert code == status and re.search(message, r["error"]["message"]), (message, code, r)
+    assert _post(base, None, raw=b"{not json")[0] == 400
+    assert _post(base, _user())[0] == 200  # still up
+
+
+def test_serve_long_request_blocks_neither_health_nor_parsing(hardened):
+    """Issue 23, failure 2: a 200 KB prompt held a global lock and blocked every other client for 52 s."""
+    import threading
+
+    import httpx
+
+    base, _, chat = hardened
+    started, order = threading.Event(), []
+    real = chat.generate
+
+    def slow_generate(job):  # the generation worker is busy until the other clients have been answered
+        started.set()
+        release.wait(60)
+        return real(job)
+
+    release = threading.Event()
+    chat.generate = slow_generate
+    try:
+        long = threading.Thread(target=lambda: order.append(("long", _post(base, _user())[0])))
+        long.start()
+        assert started.wait(60)
+        h = httpx.get(f"{base}/health", timeout=30).json()
+        order.append(("health", h["status"]))
+        code, r = _post(base, _user(text="word " * 30_000))  # a bad long prompt is answered while it waits
+        order.append(("bad", code))
+        release.set()
+        long.join(60)
+    finally:
+        chat.generate = real
+        release.set()
+    assert order == [("health", "ok"), ("bad", 400), ("long", 200)]
+
+
+@pytest.mark.slow
+def test_serve_load_100_concurrent_mixed_requests(hardened):
+    """100 concurrent clients, a third of them hostile (oversized, malformed, bombs, no key): the server stays
+    up, every valid request gets its completion, every bad one a 4xx with a message, none a 5xx."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    base, root, _ = hardened
+    bomb, small = _data_url(bomb_png(6000)), _data_url(_png(56))
+    kinds = [
+        ("text", lambda: _post(base, _user()), 200),
+        ("image", lambda: _post(base, _user(_img(small))), 200),
+        ("sampled", lambda: _post(base, {**_user(), "temperature": 1.0, "n": 2, "seed": 1}), 200),
+        ("oversized", lambda: _post(base, _user(text="x" * 700_000)), 413),
+        ("malformed", lambda: _post(base, None, raw=b'{"messages": ['), 400),
+        ("bomb", lambda: _post(base, _user(_img(bomb))), 400),
+        ("no key", lambda: _post(base, _user(), key=None), 401),
+        ("local file", lambda: _post(base, _user(_img("/etc/hostname"))), 400),
+        ("long prompt", lambda: _post(base, _user(text="word " * 30_000)), 400),
+    ]
+    plan = [kinds[i % len(kinds)] for i in range(100)]
+    with ThreadPoolExecutor(100) as pool:
+        results = list(pool.map(lambda k: (k[0], k[2], *k[1]()), plan))
+    for name, want, code, r in results:
+        assert code == want, (name, code, r)
+        if want == 200:
+            assert r["choices"] and r["usage"]["completion_tokens"] >= 1
+        else:
+            assert r["error"]["message"]
+    assert httpx.get(f"{base}/health", timeout=10).json()["status"] == "ok"
+    valid = sum(want == 200 for _, want, _, _ in results)
+    print(f"load: {len(results)} concurrent requests, {valid} valid all answered 200, "
+          f"{len(results) - valid} bad all refused with 4xx, 0 5xx")
+
+
+# ------------------------------------------------------------------------------------------ kill -9
+
+
+def _kill9_and_resume(tmp_path, command: list[str], steps: int, prefix: str):
+    """Run `command` twice side by side: once straight through, once killed with SIGKILL at a random moment
+    after its first logged step (mid-step, mid-checkpoint, mid-final-save: wherever it falls), then rerun
+    the same command. The resumed run must end at the uninterrupted run's weights, bit for bit, with every
+    step logged exactly once."""
+    import random
+    import time
+
+    from safetensors.torch import load_file
+
+    rng = random.Random()
+    seed = rng.randrange(10 ** 6)
+    rng.seed(seed)
+    kill_after_rows = rng.randint(1, steps - 1)
+    extra_delay = rng.uniform(0.0, 0.3)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+    def cmd(run):
+        return [sys.executable, "-m", "mmr1.cli", *command, f"logging.run_dir={run}", "logging.progress=false",
+                "logging.tensorboard=false", "logging.log_every=1"]
+
+    straight = subprocess.Popen(cmd(tmp_path / "straight"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env=env)
+    cut = tmp_path / "cut"
+    victim = subprocess.Popen(cmd(cut), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    metrics = cut / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and victim.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= kill_after_rows:
+            break
+        time.sleep(0.01)
+    time.sleep(extra_delay)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(30)
+    rows_at_kill = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+    resumed = subprocess.run(cmd(cut), capture_output=True, env=env, timeout=600)
+    _, err = straight.communicate(timeout=600)
+    why = f"kill seed {seed}: killed after {rows_at_kill} logged steps (+{extra_delay:.2f} s)"
+    assert straight.returncode == 0, err.decode()[-2000:]
+    assert resumed.returncode == 0, (why, resumed.stderr.decode()[-2000:])
+    a = load_file(str(tmp_path / "straight" / "final" / "model.safetensors"))
+    b = load_file(str(cut / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), (why, k)
+    logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()
+              if any(key.startswith(prefix) for key in json.loads(line))]
+    assert logged == list(range(1, steps + 1)), why
+    return rows_at_kill
+
+
+@pytest.mark.slow
+def test_kill9_at_a_random_point_of_sft_resumes_to_the_same_weights(tmp_path):
+    _kill9_and_resume(tmp_path, ["sft", "quickstart", "data.train_size=64", "trainer.max_steps=30",
+                                 "trainer.batch_size=4", "trainer.save_every=4", "trainer.keep_checkpoints=2"],
+                      30, "sft/")
+
+
+@pytest.mark.slow
+def test_kill9_at_a_random_point_of_grpo_resumes_to_the_same_weights(tmp_path):
+    _kill9_and_resume(tmp_path, ["grpo", "quickstart", "data.train_size=32", "rl.steps=8", "rl.prompts_per_step=4",
+                                 "rollout.group_size=4", "rollout.max_new_tokens=12", "rl.micro_batch_size=16",
+                                 "trainer.save_every=2"], 8, "rl/")
