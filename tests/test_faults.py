@@ -719,6 +719,7 @@ def _kill9_and_resume(tmp_path, command: list[str], steps: int, prefix: str):
     logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()
               if any(key.startswith(prefix) for key in json.loads(line))]
     assert logged == list(range(1, steps + 1)), why
+    print(f"{command[0]}: {why}; resumed to the same weights")
     return rows_at_kill
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import yaml
 from .. import dist
 from ..config import Config, to_dict
 from ..errors import ConfigError
+from .checkpoint import fsync_dir, write_text_durably
 
 log = logging.getLogger("mmr1")
 
@@ -95,11 +95,9 @@ def claim(run_path: str | Path, cfg: Config) -> None:
             raise ConfigError(f"{path} holds a run and trainer.resume=false would start over on top of it; give "
                               "a new logging.run_dir / --out, or replace it with trainer.overwrite=true")
     tmp = path / ".config.yaml.tmp"
-    with open(tmp, "w") as f:
-        f.write(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        f.flush()
-        os.fsync(f.fileno())
+    write_text_durably(tmp, yaml.safe_dump(to_dict(cfg), sort_keys=False))
     tmp.replace(file)
+    fsync_dir(path)
 
 
 def reset(path: Path, saved: dict | None, cfg: Config) -> None:
@@ -203,8 +201,9 @@ class RunDir:
             if not drop:
                 kept.append(line)
         tmp = file.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
+        write_text_durably(tmp, "".join(line + "\n" for line in kept))
         tmp.replace(file)
+        fsync_dir(self.path)
         for s in list(self._rows):
             if s >= step:
                 self._rows[s] = [keys for keys in self._rows[s] if not mine(keys)]
