@@ -735,3 +735,62 @@ def test_kill9_at_a_random_point_of_grpo_resumes_to_the_same_weights(tmp_path):
     _kill9_and_resume(tmp_path, ["grpo", "quickstart", "data.train_size=32", "rl.steps=8", "rl.prompts_per_step=4",
                                  "rollout.group_size=4", "rollout.max_new_tokens=12", "rl.micro_batch_size=16",
                                  "trainer.save_every=2"], 8, "rl/")
+
+
+def test_serve_request_timeout_is_a_504_and_drops_queued_work(lms):
+    import threading
+
+    import httpx
+
+    from mmr1.serve import ChatServer, ServeLimits, make_http_server
+
+    chat = ChatServer(lms("qwen2_5_vl"), "tiny", default_max_tokens=2, limits=ServeLimits(request_timeout_s=1.0))
+    release, ran = threading.Event(), []
+    real = chat.generate
+
+    def held(job):
+        ran.append(job)
+        release.wait(60)
+        return real(job)
+
+    chat.generate = held
+    httpd = make_http_server(chat, "127.0.0.1", 0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        for _ in range(200):
+            try:
+                httpx.get(f"{base}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                threading.Event().wait(0.05)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(3) as pool:  # one runs (held), two wait in the queue: all three time out
+            codes = list(pool.map(lambda _: _post(base, _user(), key=None), range(3)))
+        assert [c for c, _ in codes] == [504, 504, 504] and "--request-timeout" in codes[0][1]["error"]["message"]
+        release.set()
+        assert _post(base, _user(), key=None)[0] == 200
+        assert len(ran) == 2  # the held one and the last: the two that timed out in the queue never ran
+    finally:
+        release.set()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_client_keys_stay_out_of_errors_and_other_hosts(hardened, monkeypatch):
+    """The openai-SDK client: a key never shows in an error or repr, and OPENAI_API_KEY from the environment is
+    not sent to a base URL it was not given for."""
+    from mmr1.clients import APIError, ChatClient
+
+    base, _, _ = hardened
+    c = ChatClient("http://127.0.0.1:9/v1", "m", api_key="sk-very-secret", retries=0, timeout=2)
+    with pytest.raises(APIError) as err:
+        c.chat([{"role": "user", "content": "hi"}])
+    assert "sk-very-secret" not in str(err.value) and "sk-very-secret" not in repr(c)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with pytest.raises(APIError, match="HTTP 401"):
+        ChatClient(f"{base}/v1", "tiny", retries=0).chat([{"role": "user", "content": "hi"}], max_tokens=2)
+    reply = ChatClient.from_env(f"{base}/v1", "tiny", "OPENAI_API_KEY", retries=0).chat(
+        [{"role": "user", "content": "hi"}], max_tokens=2, temperature=0)
+    assert reply["usage"]["completion_tokens"] >= 1
