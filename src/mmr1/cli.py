@@ -184,7 +184,8 @@ def cmd_eval(a) -> int:
                  checker=cfg.rewards.checker, system_prompt=cfg.data.system_prompt, out_dir=out,
                  show_progress=cfg.logging.progress, on_error=cfg.data.on_error,
                  temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
-                 retries_missing_answer=cfg.eval.retries_missing_answer, seed=cfg.eval.seed, skipped=len(errors))
+                 retries_missing_answer=cfg.eval.retries_missing_answer, seed=cfg.eval.seed, skipped=len(errors),
+                 answer_fallback=cfg.eval.answer_fallback)
     run.log_metrics(0, {k: v for k, v in m.items() if isinstance(v, (int, float))}, prefix=f"eval/{a.name}/")
     _print_eval(a.name, m)
     if m["sampling"]["retries_missing_answer"]:

@@ -171,6 +171,9 @@ class EvalConfig:
     retries_missing_answer: int = _f(0, "resample a completion up to N more times while it has no closing "
                                         "</answer> (Vision-R1's evaluation retries about 4 times)", min=0)
     seed: int = _f(0, "seed of evaluation sampling", min=0)
+    answer_fallback: Literal["auto", "on", "off"] = _f(
+        "auto", "grade an output without <answer> tags on the final answer read from its whole text, as R1-V's "
+                "GeoQA evaluation does (math-verify's parse); auto: on for R1-V GeoQA-style eval records only")
 
 
 @dataclass

@@ -193,6 +193,9 @@ def from_r1v(record: dict) -> Sample:
         text = _get(record, "problem" if "problem" in record else "question", str)
         gt = _get(record, "ground_truth", (str, int, float))
         answer = _text(gt, "ground_truth").strip()
+        # R1-V's GeoQA evaluation (string golds) parses the whole output with math-verify; its counting
+        # evaluation (integer golds) reads only `<answer> N </answer>`. `eval.answer_fallback=auto` follows.
+        meta["answer_fallback"] = isinstance(gt, str)
     key = "image_path" if "image_path" in record else "image"
     images = [image_ref(_get(record, key, object), key)]
     answer_type = "integer" if isinstance(gt, int) and not isinstance(gt, bool) else None
