@@ -58,7 +58,7 @@ def build_samples(data: DataConfig, split: str, with_solution: bool = False) -> 
     from .data.loaders import load_samples
 
     res = load_samples(spec, format=data.format, on_error=data.on_error, image_root=data.image_root,
-                       limit=None if split == "train" else data.eval_size)
+                       limit=None if split == "train" else data.eval_size, mathvista_prompt=data.mathvista_prompt)
     for err in res.errors:
         log.warning("skipped bad record: %s", err)
     return few_shot(res.samples, data) if split == "train" else res.samples, res.errors

@@ -202,7 +202,11 @@ def _print_eval(name: str, m: dict) -> None:
     print_table(f"eval: {name}", ["n", "accuracy", "format rate", "mean tokens", "truncated", "skipped"],
                 [[m["n"], m["accuracy"], m["format_rate"], f"{m['mean_tokens']:.1f}", m["truncation_rate"],
                   m["skipped_records"]]])
-    if len(m["per_category"]) > 1:
+    if m.get("breakdown"):  # the benchmark's own breakdown (MathVista's leaderboard fields)
+        for fld, vals in m["breakdown"].items():
+            print_table(f"{name}: by {fld}", [fld, "n", "correct", "accuracy"],
+                        [[k, v["n"], v["correct"], v["accuracy"]] for k, v in vals.items()])
+    elif len(m["per_category"]) > 1:
         print_table(f"{name}: per category", ["category", "n", "accuracy"],
                     [[k, v["n"], v["accuracy"]] for k, v in m["per_category"].items()])
 

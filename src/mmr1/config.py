@@ -70,6 +70,9 @@ class DataConfig:
     on_error: Literal["raise", "skip"] = _f("raise", "bad records: stop with the error, or skip and count them")
     instruction: Optional[str] = _f(None, "text appended to every question (None: the world's default)")
     system_prompt: Optional[str] = _f(None, "system message prepended to every prompt")
+    mathvista_prompt: Literal["query", "question"] = _f(
+        "query", "MathVista prompt text: its `query` (the question with the answer-format hint and unit; "
+                 "from query.json beside testmini.json) or the bare `question` with the choices")
 
 
 @dataclass
@@ -106,8 +109,9 @@ class AlgorithmConfig:
 
 @dataclass
 class RewardsConfig:
-    checker: Literal["auto", "math", "exact", "substring", "choice", "number", "r1v"] = _f(
-        "auto", "how answers are compared with the reference (r1v: math-verify, then exact match, as R1-V)")
+    checker: Literal["auto", "math", "exact", "substring", "choice", "number", "r1v", "mathvista"] = _f(
+        "auto", "how answers are compared with the reference (r1v: math-verify, then exact match, as R1-V; "
+                "mathvista: MathVista's scorer; auto: a benchmark's own scorer where its loader names one)")
     format_weight: float = _f(1.0, "weight of the format reward", min=0.0)
     accuracy_weight: float = _f(1.0, "weight of the accuracy reward", min=0.0)
     custom: dict = _f({}, "extra reward functions {'module:function': weight}; each is called as "

@@ -43,6 +43,20 @@ def rows_to_retry(texts: list[str], attempts: list[int], max_attempts: int) -> l
     return [i for i, (t, k) in enumerate(zip(texts, attempts, strict=True)) if k < max_attempts and missing_answer(t)]
 
 
+def breakdown(rows: list[dict]) -> dict:
+    """Accuracy by every field the rows' benchmark reports by (MathVista: question type, answer type, language,
+    source, category, task, context, grade, skills), as MathVista's calculate_score.py: {field: {value: {n,
+    correct, accuracy}}}, values by accuracy, best first. A list value (skills) counts the row under each."""
+    groups: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        for f, v in (r.get("breakdown") or {}).items():
+            for value in (v if isinstance(v, list) else [v]):
+                groups[f][str(value)].append(r["correct"])
+    return {f: dict(sorted(((v, {"n": len(c), "correct": sum(c), "accuracy": sum(c) / len(c)})
+                            for v, c in vals.items()), key=lambda kv: (-kv[1]["accuracy"], kv[0])))
+            for f, vals in groups.items()}
+
+
 def evaluate(lm, samples: list[Sample], *, max_new_tokens: int, batch_size: int = 32, checker: str = "auto",
              system_prompt: str | None = None, out_dir: str | Path | None = None, show_progress: bool = True,
              on_error: str = "raise", temperature: float = 0.0, top_p: float = 1.0,
@@ -70,9 +84,10 @@ def evaluate(lm, samples: list[Sample], *, max_new_tokens: int, batch_size: int 
         try:
             prompts.append((with_system(s.prompt_messages(), system_prompt), s.load_images()))
             kept.append(s)
-        except DataError:
+        except DataError as e:
             if on_error == "raise":
                 raise
+            log.warning("eval: skipped %s", e)
             bad += 1
     sampling = temperature > 0
     if sampling:
@@ -110,6 +125,8 @@ def evaluate(lm, samples: list[Sample], *, max_new_tokens: int, batch_size: int 
         row = {"id": s.id, "category": s.category, "answer": s.answers, "prediction": c.text,
                "extracted": sc["extracted"], "correct": bool(sc["correct"]), "formatted": bool(sc["formatted"]),
                "tokens": len(c.token_ids), "finish_reason": c.finish_reason, "attempts": k}
+        if s.meta.get("breakdown"):
+            row["breakdown"] = s.meta["breakdown"]
         rows.append(row)
         by_cat[s.category or "all"].append(row)
     n = max(1, len(rows))
@@ -127,6 +144,7 @@ def evaluate(lm, samples: list[Sample], *, max_new_tokens: int, batch_size: int 
                      "retries_missing_answer": retries_missing_answer if sampling else 0},
         "per_category": {k: {"n": len(v), "accuracy": sum(r["correct"] for r in v) / len(v)}
                          for k, v in sorted(by_cat.items())},
+        "breakdown": breakdown(rows),
     }
     if out_dir is not None:
         out = Path(out_dir)

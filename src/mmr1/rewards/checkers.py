@@ -19,7 +19,7 @@ from .extract import extract_answer, extract_choice, mv_timeout
 from .normalize import _ANY_NUMBER, _THOUSANDS, clean_math, normalize_text, to_number, unwrap
 from .format import think_answer_format
 
-KINDS = ("auto", "math", "exact", "substring", "choice", "number", "r1v")
+KINDS = ("auto", "math", "exact", "substring", "choice", "number", "r1v", "mathvista")
 
 # ---------------------------------------------------------------- text (SQuAD / Search-R1 EM, SubEM)
 
@@ -200,6 +200,41 @@ def choice_equal(pred: str | None, gold, choices: list[str] | None) -> bool:
     return pl is not None and pl == _gold_letter(gold, choices)
 
 
+# ---------------------------------------------------------------- MathVista's scorer
+
+def strip_unit(pred: str, unit: str | None) -> str:
+    """`pred` without a trailing `unit` (MathVista's per-question unit: "g", "years", "cm^2")."""
+    if not unit or not unit.strip():
+        return pred
+    return re.sub(rf"\s*(?:\(?\s*{re.escape(unit.strip())}\s*\)?)\s*\.?\s*$", "", pred.strip(),
+                  flags=re.IGNORECASE) or pred
+
+
+def mathvista_equal(pred: str, gold: str, choices: list[str] | None, answer_type: str | None,
+                    precision: int | None, unit: str | None = None) -> bool:
+    """MathVista's `normalize_extracted_answer` + `safe_equal` (evaluation/calculate_score.py), on our extraction.
+
+    Options: the letter, case-insensitive ("e", "(e)"), or the option's text; MathVista's nearest-option
+    (Levenshtein) mapping is left out on purpose, so a hedge never lands on an option. integer:
+    `int(float(pred)) == gold` (MathVista truncates: "1000.4" is 1000). float: both rounded to `precision`
+    decimals. list: the same text without spaces. The question's unit is stripped from the prediction.
+    """
+    if is_hedge(pred, gold):
+        return False
+    if choices:
+        return choice_equal(pred, gold, choices)
+    atype = (answer_type or "").lower()
+    p = strip_unit(unwrap(pred), unit)
+    if atype == "list":
+        return re.sub(r"\s+", "", p) == re.sub(r"\s+", "", str(gold))
+    pn, gn = to_number(p), to_number(gold)
+    if atype == "integer" and pn is not None and gn is not None:
+        return math.isfinite(pn) and int(pn) == int(gn)
+    if atype == "float" and pn is not None and gn is not None:
+        return numbers_equal(pn, gn, precision)
+    return number_equal(p, gold, precision) if gn is not None else exact_match(p, [gold])
+
+
 # ---------------------------------------------------------------- dispatch
 
 def _fields(x) -> tuple[list[str], list[str] | None, str | None, int | None]:
@@ -260,8 +295,16 @@ def check_answer(pred: str | None, sample_or_fields, kind: str = "auto") -> bool
     golds, choices, atype, prec = _fields(sample_or_fields)
     if not golds:
         return False
+    x = sample_or_fields
+    meta = (x.get("meta") or {}) if isinstance(x, Mapping) else (getattr(x, "meta", None) or {})
     if kind == "auto":
-        kind = resolve_kind(golds, choices, atype)
+        # a sample that names its benchmark's scorer is graded by it (MathVista's loader sets "mathvista")
+        kind = meta.get("scorer") if meta.get("scorer") in KINDS else resolve_kind(golds, choices, atype)
+    if kind == "mathvista":
+        qtype = (meta.get("question_type") or "").lower()
+        atype = meta.get("answer_type", atype)
+        opts = choices if (choices and qtype != "free_form") else None
+        return any(mathvista_equal(pred, g, opts, atype, prec, meta.get("unit")) for g in golds)
     if kind == "exact":
         return exact_match(pred, golds)
     if kind == "substring":
