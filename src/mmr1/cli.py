@@ -64,10 +64,15 @@ def cmd_tiny_model(a) -> int:
 def cmd_data_check(a) -> int:
     from .data.check import check_dataset
 
-    report = check_dataset(a.file, format=a.format, image_root=a.image_root)
-    for line in report.lines():
-        print(line)
-    return 0 if report.ok else 1
+    from .data.check import check_mbeir, mbeir_kind
+
+    mbeir = [f for f in a.file if a.format == "mbeir" or (a.format == "auto" and mbeir_kind(f) is not None)]
+    reports = [check_mbeir(mbeir, image_root=a.image_root)] if mbeir else []
+    reports += [check_dataset(f, format=a.format, image_root=a.image_root) for f in a.file if f not in mbeir]
+    for report in reports:
+        for line in report.lines():
+            print(line)
+    return 0 if all(r.ok for r in reports) else 1
 
 
 def cmd_data_world(a) -> int:
@@ -302,9 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = dsub.add_parser("check", help="validate a dataset and report every bad record",
                         description="Decode every record and image; print one line per bad record "
                                     "(file:row field: what is wrong). Exit code 1 if any record is bad.")
-    c.add_argument("file", help="JSONL/JSON/Parquet file or HF datasets directory")
+    c.add_argument("file", nargs="+", help="JSONL/JSON/Parquet file(s) or HF datasets directory; M-BEIR query "
+                                           "JSONL, candidate-pool JSONL and qrels .txt given together are checked "
+                                           "against each other (every referenced candidate and query must exist)")
     c.add_argument("--format", default="auto",
-                   help="record format: auto, mmr1, geometry3k, sharegpt, r1v, mathvista, mmsearch")
+                   help="record format: auto, mmr1, geometry3k, sharegpt, r1v, mathvista, mmsearch, mbeir")
     c.add_argument("--image-root", default=None, help="directory relative image paths are resolved against")
     c.set_defaults(fn=cmd_data_check)
     w = dsub.add_parser("world", help="write samples of a synthetic world as JSONL + PNG images")
