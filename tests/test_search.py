@@ -391,7 +391,7 @@ def web(monkeypatch):
 
 
 def web_tool(base, mode="text", **kw):
-    kw = {"retries": 0, "http_timeout_s": 2.0, "backoff": 0.0, **kw}
+    kw = {"retries": 0, "http_timeout_s": 2.0, "backoff": 0.0, "errors": "result", **kw}
     return WebSearchTool(mode, k=3, serpapi_url=f"{base}/search.json", reader_url=f"{base}/reader/", **kw)
 
 
@@ -435,7 +435,7 @@ def test_web_image_search_returns_thumbnails(web, caplog):
     assert res.text.startswith("[image_search error: no URL for the question image")
 
 
-@pytest.mark.parametrize("failure, expect", [("500", "SerpApi: HTTP 500"), ("slow", "timed out after 0.2 s"),
+@pytest.mark.parametrize("failure, expect", [("500", "SerpApi HTTP error: HTTP 500"), ("slow", "timed out after 0.2 s"),
                                              ("badjson", "the reply is not JSON")])
 def test_web_errors_come_back_as_error_results(web, caplog, failure, expect):
     srv, base = web

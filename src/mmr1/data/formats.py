@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
 
@@ -250,6 +251,21 @@ def from_mathvista(record: dict, prompt: str = "query") -> Sample:
                   precision=_precision(record.get("precision")), category=category, meta=meta)
 
 
+def _image_urls(value: Any) -> list[str] | None:
+    """FVQA's `image_urls`: the question images' original http(s) URLs (the web image search sends them)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise DataError(f"expected a list of URLs, got {type(value).__name__}", field="image_urls")
+    for i, url in enumerate(value):
+        parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in url):
+            raise DataError(f"not an http(s) URL: {url!r}", field=f"image_urls[{i}]")
+    return list(value)
+
+
 def from_mmsearch(record: dict) -> Sample:
     """MMSearch-R1 verl parquet: prompt (chat list), images, reward_model, data_source."""
     prompt = _get(record, "prompt", (list, tuple))
@@ -277,7 +293,7 @@ def from_mmsearch(record: dict) -> Sample:
         candidates = raw
     candidates = _texts(candidates, "reward_model.candidate_answers")
     answers = list(dict.fromkeys([gt] + candidates))
-    meta = {"data_source": record.get("data_source"), "image_urls": record.get("image_urls")}
+    meta = {"data_source": record.get("data_source"), "image_urls": _image_urls(record.get("image_urls"))}
     if rm.get("style") is not None:
         meta["reward_style"] = rm["style"]
     return Sample(id=str(record.get("id", "")), messages=chat(turns, len(images), "prompt"), images=images,
