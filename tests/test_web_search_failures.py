@@ -19,8 +19,14 @@ from PIL import Image
 from mmr1.data import load_samples
 from mmr1.errors import DataError
 from mmr1.tools import ToolRunner
-from mmr1.tools.search import (CachedTool, ImageSearchTool, SearchBackendDown, WebSearchTool, format_image_results,
-                               raise_if_down)
+from mmr1.tools.search import (
+    CachedTool,
+    ImageSearchTool,
+    SearchBackendDown,
+    WebSearchTool,
+    format_image_results,
+    raise_if_down,
+)
 
 FVQA = Path(__file__).parent / "fixtures" / "mmsearch_r1_mini_data.pq"
 
