@@ -293,6 +293,8 @@ class SearchConfig:
     thumb_size: Optional[int] = _f(None, "longest side of result thumbnails in pixels (null: as stored)", min=8)
     text_mode: Literal["bm25", "dense", "hybrid"] = _f("bm25", "local text search ranking")
     max_chars: int = _f(1000, "characters kept of each text-search page", min=1)
+    max_consecutive_failures: int = _f(5, "web backend: stop the run after this many failed searches in a row "
+                                          "(bad key, quota, timeouts, garbage); 0 never stops", min=0)
     cache: bool = _f(True, "keep tool results on disk (a resumed or repeated run replays them)")
     cache_dir: str = _f("", "tool cache directory (empty: beside the index, shared by every stage of a seed)")
     reward_variant: Literal["v2", "v1"] = _f("v2", "v2: the penalty multiplies correct answers that searched "

@@ -147,7 +147,8 @@ def make_tools(cfg: Config, index_path: Path | None, cache_root: Path | None) ->
 
     sc = cfg.search
     if sc.backend == "web":
-        tools = make_search_tools(backend="web", k=sc.top_k, max_chars=sc.max_chars)
+        tools = make_search_tools(backend="web", k=sc.top_k, max_chars=sc.max_chars,
+                                  max_consecutive_failures=sc.max_consecutive_failures)
     else:
         from ...tools.index import SearchIndex
 
