@@ -3,7 +3,6 @@ conformance with the verdicts R1-V's own evaluation recorded on real Qwen2-VL ou
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from pathlib import Path
@@ -209,7 +208,7 @@ def test_math_equal_is_thread_safe():
 
 
 @pytest.mark.parametrize("pred,gold,precision,expected", [
-    ("8", 8, None, True), ("8.0", "8", None, True), ("C. 8", "8", None, True), ("8 objects", "8", None, True),
+    ("8", 8, None, True), ("8.0", "8", None, True), ("C. 8", "8", None, False), ("8 objects", "8", None, True),
     ("There are 8", "8", None, True), ("\\sqrt{64}", "8", None, True), ("1,000", "1000", None, True),
     ("the count is -8", "8", None, False), ("-8", "-8", None, True),
     ("8 or 9", "8", None, False), ("8, 9", "8", None, False), ("8 9", "8", None, False),
@@ -318,85 +317,38 @@ def test_choice_hedges_never_score():
         assert hfrrf(f"<think>x</think><answer>{hedge}</answer>", mc) == 0.0
 
 
-# ---------------------------------------------------------------- conformance with R1-V's recorded verdicts
-#
-# R1-V's GeoQA script records `is_correct = verify(parse(whole output), parse(ground_truth))` with
-# math-verify's default configs: it reads the WHOLE output (not the answer tag), and plain-text golds
-# without `$` lose everything after their first number ("10√{2}" -> 10). Its counting script records
-# `extracted_answer = int(re.search(r"<answer>\s*(\d+)\s*</answer>"))` and counts `extracted_answer ==
-# ground_truth` (we recompute that rule and check it reproduces the file's `accuracy`).
-# Every row where our verdict differs is listed below with its reason; each reason carries a check
-# that the row really is of that kind, and a listed row that agrees fails the test (no stale entries).
-
-NO_TAG = "no closed <answer> after the thinking (cut off, or answered in prose); R1-V read a number " \
-         "from the prose, we grade only the answer tag: 0"
-GOLD_COEFF = "R1-V parsed the plain-text gold as its leading number (e.g. '10√{2}' -> 10, '3√{3}cm' -> 3), " \
-             "so an answer equal to that coefficient counted; the full expression differs"
-PRED_COEFF = "R1-V parsed the plain-text prediction as its leading number ('10√3' -> 10, '5sqrt(3)' -> 5); " \
-             "the full expression differs from the gold"
-PLAIN_MATH = "our answer equals the gold once plain-text maths is read as maths (sqrt(3)/2, pi, √5, 1:4, " \
-             "3\\sqrt{3} vs 3√{3}); R1-V could not parse it and graded some other number in the output"
-OTHER_SPAN = "R1-V graded a number from the reasoning, not from the answer tag (whole-output parse); " \
-             "the tagged answer decides for us"
-NOT_A_NUMBER = "the answer is an expression with unknowns ('4.0 + PE + PF'); R1-V read only its leading 4.0"
-CHOICE_LABEL = "answer 'C. 8': R1-V's regex needs a bare integer in the tag; ours reads the single number " \
-               "after a hallucinated option label"
+# Conformance with R1-V's recorded verdicts on its four real evaluation logs: tests/test_r1v_agreement.py.
 
 
-def _check_reason(reason, row, ours_extracted, ours, recorded) -> bool:
-    gt = str(row["ground_truth"])
-    return {
-        NO_TAG: lambda: ours_extracted is None and recorded and not ours,
-        GOLD_COEFF: lambda: bool(re.search(r"[√π]", gt)) and recorded and not ours,
-        PRED_COEFF: lambda: bool(re.search(r"√|sqrt", ours_extracted or "")) and recorded and not ours,
-        PLAIN_MATH: lambda: bool(re.search(r"√|sqrt|pi|π|:|\\", ours_extracted or "")) and ours and not recorded,
-        OTHER_SPAN: lambda: to_number(ours_extracted or "x") != to_number(row["extracted_answer"] or "x"),
-        NOT_A_NUMBER: lambda: to_number(ours_extracted or "x") is None and recorded and not ours,
-        CHOICE_LABEL: lambda: bool(re.fullmatch(r"[A-Z]\.\s*\d+", ours_extracted or "")) and ours and not recorded,
-    }[reason]()
+# ---------------------------------------------------------------- operators, units and the answer fallback
+
+@pytest.mark.parametrize("pred,gold,expected", [
+    ("2.0^2", "2", False), ("2^2", "2", False), ("2.0^2", "4", True), ("2**2", "4", True), ("2**2", "2", False),
+    ("3²", "9", True), ("√4", "2", True), ("√4", "4", False), ("sqrt(16)", "16", False), ("x^2", "2", False),
+    ("2x", "2", False), ("4.0 + PE + PF", "4", False), ("10√3", "10", False), ("40 apples", "40", True),
+])
+@pytest.mark.parametrize("kind", ["auto", "number", "math", "r1v"])
+def test_powers_roots_and_operators_are_parsed_never_ignored(pred, gold, expected, kind):
+    assert check_answer(pred, gold, kind) is expected
 
 
-CONFORMANCE = {
-    # file: (checker kind, {row: reason}, agreement rate)
-    "r1v_counting_results_superclevr_200_qwen2vl_2b_instruct_grpo100_legacy.json": ("number", {}, 200 / 200),
-    "r1v_counting_results_superclevr_200_qwen2vl_2b_instruct_legacy.json": (
-        "number", {110: CHOICE_LABEL, 148: CHOICE_LABEL, 166: CHOICE_LABEL}, 197 / 200),
-    "r1v_geoqa_test_qwen2vl_7b_grpo_2epochs_legacy.json": ("math", {
-        132: GOLD_COEFF, 133: GOLD_COEFF, 167: PLAIN_MATH, 261: GOLD_COEFF, 272: GOLD_COEFF, 277: GOLD_COEFF,
-        342: OTHER_SPAN, 429: GOLD_COEFF, 435: GOLD_COEFF, 499: NO_TAG, 501: PLAIN_MATH, 526: GOLD_COEFF,
-        538: GOLD_COEFF, 558: PRED_COEFF, 564: GOLD_COEFF, 692: GOLD_COEFF, 693: GOLD_COEFF, 695: OTHER_SPAN,
-        700: GOLD_COEFF, 702: GOLD_COEFF,
-    }, 734 / 754),
-    "r1v_geoqa_test_qwen2vl_7b_instruct_legacy.json": ("math", {
-        **{i: NO_TAG for i in (58, 74, 78, 93, 100, 101, 108, 116, 133, 187, 194, 207, 252, 319, 386, 387, 392,
-                               415, 448, 514, 553, 585, 618, 629, 637, 706, 715, 720, 723, 730, 742, 751)},
-        132: GOLD_COEFF, 161: OTHER_SPAN, 173: PLAIN_MATH, 185: OTHER_SPAN, 258: GOLD_COEFF, 283: NOT_A_NUMBER,
-        306: PLAIN_MATH, 348: OTHER_SPAN, 361: OTHER_SPAN, 526: GOLD_COEFF, 534: PLAIN_MATH, 538: GOLD_COEFF,
-        541: GOLD_COEFF, 546: GOLD_COEFF, 555: PRED_COEFF, 556: OTHER_SPAN, 560: PRED_COEFF, 564: GOLD_COEFF,
-        590: OTHER_SPAN, 741: OTHER_SPAN, 745: PLAIN_MATH,
-    }, 701 / 754),
-}
+@pytest.mark.parametrize("pred,gold", [("140", "140°"), ("5", "5cm"), ("3.5", "3.5 cm"), ("40", "40 degrees"),
+                                       ("\\frac{1}{2}", "\\frac{1}{2}cm²")])
+def test_r1v_checker_strips_units_from_the_gold(pred, gold):
+    assert check_answer(pred, gold, "r1v")
+    assert not check_answer("41", gold, "r1v")
 
 
-@pytest.mark.parametrize("name", sorted(CONFORMANCE))
-def test_conformance_with_r1v_logs(name):
-    if REAL is None or not (REAL / name).is_file():
-        pytest.skip("shared/real-data is not available")
-    kind, allowed, rate = CONFORMANCE[name]
-    log = json.loads((REAL / name).read_text())
-    rows = log["results"]
-    recorded = [bool(r["is_correct"]) if "is_correct" in r else r["extracted_answer"] == r["ground_truth"]
-                for r in rows]
-    assert sum(recorded) / len(rows) * 100 == pytest.approx(log["accuracy"])  # we read the rule right
-    disagree = {}
-    for i, (row, rec) in enumerate(zip(rows, recorded)):
-        extracted = extract_answer(row["model_output"])
-        ours = check_answer(extracted, row["ground_truth"], kind)
-        if ours != rec:
-            disagree[i] = (extracted, ours, rec)
-    unexplained = {i: (rows[i]["ground_truth"], *v) for i, v in disagree.items() if i not in allowed}
-    assert unexplained == {}, "disagreements without a reason (row: gold, extracted, ours, recorded)"
-    assert sorted(set(allowed) - set(disagree)) == [], "allow-listed rows that now agree"
-    wrong_reason = [i for i, reason in allowed.items() if not _check_reason(reason, rows[i], *disagree[i])]
-    assert wrong_reason == []
-    assert 1 - len(disagree) / len(rows) == pytest.approx(rate)
+def test_option_label_without_options_never_scores_a_number():
+    # R1-V's counting scorer needs a bare integer; "C. 8" names an option that does not exist
+    assert not check_answer("C. 8", 8, "number") and check_answer("8", 8, "number")
+
+
+def test_answer_fallback_reads_the_final_answer_outside_tags_only_when_asked():
+    prose = "<think>angle BOC = 2 * 20 = 40</think> Therefore, the answer is 40."
+    assert extract_answer(prose) is None
+    assert extract_answer(prose, fallback=True) == "40"
+    assert extract_answer("<think>x</think><answer> 7 </answer> the answer is 9", fallback=True) == "7"
+    assert extract_answer("no numbers at all", fallback=True) is None
+    assert score_completion(prose, "40")["correct"] is False          # training rewards: strict
+    assert score_completion(prose, "40", fallback=True)["correct"] is True

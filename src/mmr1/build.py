@@ -61,7 +61,7 @@ def build_samples(data: DataConfig, split: str, with_solution: bool = False) -> 
     from .data.loaders import load_samples
 
     res = load_samples(spec, format=data.format, on_error=data.on_error, image_root=data.image_root,
-                       limit=None if split == "train" else data.eval_size)
+                       limit=None if split == "train" else data.eval_size, mathvista_prompt=data.mathvista_prompt)
     if not with_solution:  # RL and evaluation score against the reference: a record without one is bad
         kept = []
         for s in res.samples:

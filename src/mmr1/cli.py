@@ -64,10 +64,15 @@ def cmd_tiny_model(a) -> int:
 def cmd_data_check(a) -> int:
     from .data.check import check_dataset
 
-    report = check_dataset(a.file, format=a.format, image_root=a.image_root)
-    for line in report.lines():
-        print(line)
-    return 0 if report.ok else 1
+    from .data.check import check_mbeir, mbeir_kind
+
+    mbeir = [f for f in a.file if a.format == "mbeir" or (a.format == "auto" and mbeir_kind(f) is not None)]
+    reports = [check_mbeir(mbeir, image_root=a.image_root)] if mbeir else []
+    reports += [check_dataset(f, format=a.format, image_root=a.image_root) for f in a.file if f not in mbeir]
+    for report in reports:
+        for line in report.lines():
+            print(line)
+    return 0 if all(r.ok for r in reports) else 1
 
 
 def cmd_data_world(a) -> int:
@@ -186,7 +191,8 @@ def cmd_eval(a) -> int:
                  checker=cfg.rewards.checker, system_prompt=cfg.data.system_prompt, out_dir=out,
                  show_progress=cfg.logging.progress, on_error=cfg.data.on_error,
                  temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
-                 retries_missing_answer=cfg.eval.retries_missing_answer, seed=cfg.eval.seed, skipped=len(errors))
+                 retries_missing_answer=cfg.eval.retries_missing_answer, seed=cfg.eval.seed, skipped=len(errors),
+                 answer_fallback=cfg.eval.answer_fallback)
     run.log_metrics(0, {k: v for k, v in m.items() if isinstance(v, (int, float))}, prefix=f"eval/{a.name}/")
     _print_eval(a.name, m)
     if m["sampling"]["retries_missing_answer"]:
@@ -203,7 +209,11 @@ def _print_eval(name: str, m: dict) -> None:
     print_table(f"eval: {name}", ["n", "accuracy", "format rate", "mean tokens", "truncated", "skipped"],
                 [[m["n"], m["accuracy"], m["format_rate"], f"{m['mean_tokens']:.1f}", m["truncation_rate"],
                   m["skipped_records"]]])
-    if len(m["per_category"]) > 1:
+    if m.get("breakdown"):  # the benchmark's own breakdown (MathVista's leaderboard fields)
+        for fld, vals in m["breakdown"].items():
+            print_table(f"{name}: by {fld}", [fld, "n", "correct", "accuracy"],
+                        [[k, v["n"], v["correct"], v["accuracy"]] for k, v in vals.items()])
+    elif len(m["per_category"]) > 1:
         print_table(f"{name}: per category", ["category", "n", "accuracy"],
                     [[k, v["n"], v["accuracy"]] for k, v in m["per_category"].items()])
 
@@ -310,9 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = dsub.add_parser("check", help="validate a dataset and report every bad record",
                         description="Decode every record and image; print one line per bad record "
                                     "(file:row field: what is wrong). Exit code 1 if any record is bad.")
-    c.add_argument("file", help="JSONL/JSON/Parquet file or HF datasets directory")
+    c.add_argument("file", nargs="+", help="JSONL/JSON/Parquet file(s) or HF datasets directory; M-BEIR query "
+                                           "JSONL, candidate-pool JSONL and qrels .txt given together are checked "
+                                           "against each other (every referenced candidate and query must exist)")
     c.add_argument("--format", default="auto",
-                   help="record format: auto, mmr1, geometry3k, sharegpt, r1v, mathvista, mmsearch")
+                   help="record format: auto, mmr1, geometry3k, sharegpt, r1v, mathvista, mmsearch, mbeir")
     c.add_argument("--image-root", default=None, help="directory relative image paths are resolved against")
     c.set_defaults(fn=cmd_data_check)
     w = dsub.add_parser("world", help="write samples of a synthetic world as JSONL + PNG images")

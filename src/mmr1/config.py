@@ -73,6 +73,9 @@ class DataConfig:
                                            "from the header before decoding)", min=1)
     instruction: Optional[str] = _f(None, "text appended to every question (None: the world's default)")
     system_prompt: Optional[str] = _f(None, "system message prepended to every prompt")
+    mathvista_prompt: Literal["query", "question"] = _f(
+        "query", "MathVista prompt text: its `query` (the question with the answer-format hint and unit; "
+                 "from query.json beside testmini.json) or the bare `question` with the choices")
 
 
 @dataclass
@@ -109,8 +112,9 @@ class AlgorithmConfig:
 
 @dataclass
 class RewardsConfig:
-    checker: Literal["auto", "math", "exact", "substring", "choice", "number", "r1v"] = _f(
-        "auto", "how answers are compared with the reference (r1v: math-verify, then exact match, as R1-V)")
+    checker: Literal["auto", "math", "exact", "substring", "choice", "number", "r1v", "mathvista"] = _f(
+        "auto", "how answers are compared with the reference (r1v: math-verify, then exact match, as R1-V; "
+                "mathvista: MathVista's scorer; auto: a benchmark's own scorer where its loader names one)")
     format_weight: float = _f(1.0, "weight of the format reward", min=0.0)
     accuracy_weight: float = _f(1.0, "weight of the accuracy reward", min=0.0)
     custom: dict = _f({}, "extra reward functions {'module:function': weight}; each is called as "
@@ -178,6 +182,9 @@ class EvalConfig:
     retries_missing_answer: int = _f(0, "resample a completion up to N more times while it has no closing "
                                         "</answer> (Vision-R1's evaluation retries about 4 times)", min=0)
     seed: int = _f(0, "seed of evaluation sampling", min=0)
+    answer_fallback: Literal["auto", "on", "off"] = _f(
+        "auto", "grade an output without <answer> tags on the final answer read from its whole text, as R1-V's "
+                "GeoQA evaluation does (math-verify's parse); auto: on for R1-V GeoQA-style eval records only")
 
 
 @dataclass
@@ -296,6 +303,8 @@ class SearchConfig:
     thumb_size: Optional[int] = _f(None, "longest side of result thumbnails in pixels (null: as stored)", min=8)
     text_mode: Literal["bm25", "dense", "hybrid"] = _f("bm25", "local text search ranking")
     max_chars: int = _f(1000, "characters kept of each text-search page", min=1)
+    max_consecutive_failures: int = _f(5, "web backend: stop the run after this many failed searches in a row "
+                                          "(bad key, quota, timeouts, garbage); 0 never stops", min=0)
     cache: bool = _f(True, "keep tool results on disk (a resumed or repeated run replays them)")
     cache_dir: str = _f("", "tool cache directory (empty: beside the index, shared by every stage of a seed)")
     reward_variant: Literal["v2", "v1"] = _f("v2", "v2: the penalty multiplies correct answers that searched "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
 
@@ -193,6 +194,9 @@ def from_r1v(record: dict) -> Sample:
         text = _get(record, "problem" if "problem" in record else "question", str)
         gt = _get(record, "ground_truth", (str, int, float))
         answer = _text(gt, "ground_truth").strip()
+        # R1-V's GeoQA evaluation (string golds) parses the whole output with math-verify; its counting
+        # evaluation (integer golds) reads only `<answer> N </answer>`. `eval.answer_fallback=auto` follows.
+        meta["answer_fallback"] = isinstance(gt, str)
     key = "image_path" if "image_path" in record else "image"
     images = [image_ref(_get(record, key, object), key)]
     answer_type = "integer" if isinstance(gt, int) and not isinstance(gt, bool) else None
@@ -200,29 +204,66 @@ def from_r1v(record: dict) -> Sample:
                   answers=[answer], answer_type=answer_type, meta=meta)
 
 
-def from_mathvista(record: dict) -> Sample:
-    """AI4Math/MathVista. Choices are listed under the question so the prompt is complete;
-    `answer_type` becomes "multi_choice" for multiple-choice questions (original in meta)."""
+MATHVISTA_FIELDS = ("question_type", "answer_type", "language", "source", "category", "task", "context", "grade",
+                    "skills")  # what MathVista's leaderboard breaks accuracy down by (calculate_score.py)
+
+
+def from_mathvista(record: dict, prompt: str = "query") -> Sample:
+    """AI4Math/MathVista: the HF rows and the official testmini.json/test.json values alike.
+
+    prompt "query": MathVista's `query` (the question with its answer-format hint, unit and choices) when the
+    record has one, else the question; "question": the bare question with the choices listed under it.
+    `answer_type` becomes "multi_choice" for multiple-choice questions (the original, the unit and the
+    leaderboard's breakdown fields go to meta, and meta["scorer"] makes `checker=auto` grade as MathVista).
+    """
+    if prompt not in ("query", "question"):
+        raise DataError(f"unknown MathVista prompt {prompt!r}; expected 'query' or 'question'", field="prompt")
     question = _get(record, "question", str)
+    if not question.strip():
+        raise DataError("empty question", field="question")
     answer = _text(_get(record, "answer", (str, int, float)), "answer")
     choices = record.get("choices")
     choices = _texts(choices, "choices") if choices is not None else None
     key = "decoded_image" if record.get("decoded_image") is not None else "image"
     images = [image_ref(_get(record, key, object), key)]
-    text = question
-    if choices:
-        text += "\nChoices:\n" + "\n".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(choices))
+    query = _get(record, "query", str, optional=True)
+    _get(record, "unit", str, optional=True)  # checked: the scorer strips it from predictions
+    if prompt == "query" and query and query.strip():
+        text = query
+    else:
+        text = question
+        if choices:
+            text += "\nChoices:\n" + "\n".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(choices))
     metadata = _get(record, "metadata", dict, optional=True) or {}
     qtype = _get(record, "question_type", str, optional=True)
     answer_type = _get(record, "answer_type", str, optional=True)
     category = metadata.get("category") or metadata.get("task") or record.get("task") or qtype
-    meta = {k: record[k] for k in ("question_type", "answer_type", "unit", "query") if record.get(k) is not None}
+    meta: dict = {k: record[k] for k in ("question_type", "answer_type", "unit", "query") if record.get(k) is not None}
+    meta["scorer"] = "mathvista"
     if metadata:
         meta["metadata"] = metadata
-    return Sample(id=str(record.get("pid", record.get("id", ""))), messages=_user_prompt(text, images, "question"),
+    meta["breakdown"] = {f: v for f in MATHVISTA_FIELDS
+                         if (v := record.get(f) if f in ("question_type", "answer_type") else metadata.get(f))
+                         not in (None, "", [])}
+    return Sample(id=str(record.get("pid", record.get("id", ""))), messages=_user_prompt(text, images, key),
                   images=images, answers=[answer], choices=choices or None,
                   answer_type="multi_choice" if qtype == "multi_choice" else answer_type,
                   precision=_precision(record.get("precision")), category=category, meta=meta)
+
+
+def _image_urls(value: Any) -> list[str] | None:
+    """FVQA's `image_urls`: the question images' original http(s) URLs (the web image search sends them)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise DataError(f"expected a list of URLs, got {type(value).__name__}", field="image_urls")
+    for i, url in enumerate(value):
+        parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in url):
+            raise DataError(f"not an http(s) URL: {url!r}", field=f"image_urls[{i}]")
+    return list(value)
 
 
 def from_mmsearch(record: dict) -> Sample:
@@ -252,7 +293,7 @@ def from_mmsearch(record: dict) -> Sample:
         candidates = raw
     candidates = _texts(candidates, "reward_model.candidate_answers")
     answers = list(dict.fromkeys([gt] + candidates))
-    meta = {"data_source": record.get("data_source"), "image_urls": record.get("image_urls")}
+    meta = {"data_source": record.get("data_source"), "image_urls": _image_urls(record.get("image_urls"))}
     if rm.get("style") is not None:
         meta["reward_style"] = rm["style"]
     return Sample(id=str(record.get("id", "")), messages=chat(turns, len(images), "prompt"), images=images,
@@ -333,11 +374,13 @@ def detect_format(record: dict) -> str:
     raise DataError(f"unknown record format (keys: {sorted(record)}); known formats: {', '.join(FORMATS)}")
 
 
-def parse_record(record: dict, format: str = "auto") -> tuple[str, Sample]:
+def parse_record(record: dict, format: str = "auto", mathvista_prompt: str = "query") -> tuple[str, Sample]:
     """(format name, Sample) for one record."""
     fmt = detect_format(record) if format == "auto" else format
     if fmt not in PARSERS:
         raise DataError(f"unknown format {fmt!r}; known formats: {', '.join(FORMATS)}")
     if not isinstance(record, dict):
         raise DataError(f"expected a JSON object, got {type(record).__name__}")
+    if fmt == "mathvista":
+        return fmt, from_mathvista(record, prompt=mathvista_prompt)
     return fmt, PARSERS[fmt](record)

@@ -73,6 +73,10 @@ def _iter_json(path: Path):
         data = json.loads(path.read_bytes())
     except ValueError as e:
         raise DataError(f"malformed JSON: {e}", file=str(path)) from None
+    if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()) \
+            and not any(isinstance(data.get(k), list) for k in JSON_LIST_KEYS):
+        yield from _iter_keyed(path, data)
+        return
     if isinstance(data, dict):
         key = next((k for k in JSON_LIST_KEYS if isinstance(data.get(k), list)), None)
         if key is None:
@@ -83,6 +87,27 @@ def _iter_json(path: Path):
         raise DataError(f"expected a list of records, got {type(data).__name__}", file=str(path))
     for row, record in enumerate(data, 1):
         yield str(path), row, record
+
+
+def _iter_keyed(path: Path, data: dict):
+    """MathVista's official layout: one JSON object keyed by pid (testmini.json, test.json). Rows are labelled
+    "pid N"; MathVista's `query.json` beside the file (pid -> query) fills in the prompts it keeps apart."""
+    queries: dict = {}
+    sidecar = path.with_name("query.json")
+    if sidecar.is_file() and sidecar != path:
+        try:
+            queries = json.loads(sidecar.read_bytes())
+        except ValueError as e:
+            raise DataError(f"malformed JSON: {e} (MathVista's pid -> query file beside the data)",
+                            file=str(sidecar)) from None
+        if not isinstance(queries, dict):
+            raise DataError(f"expected a JSON object of pid -> query, got {type(queries).__name__}",
+                            file=str(sidecar))
+    for key, record in data.items():
+        label = f"pid {record.get('pid', key)}" if "pid" in record else f"key {key}"
+        if "query" not in record and isinstance(queries.get(str(key)), str):
+            record = {**record, "query": queries[str(key)]}
+        yield str(path), label, record
 
 
 def _iter_parquet(path: Path):
@@ -145,7 +170,8 @@ def image_errors(sample: Sample) -> list[DataError]:
 
 
 def load_samples(path: str | Path, format: str = "auto", on_error: str = "raise", limit: int | None = None,
-                 image_root: str | Path | None = None, verify_images: bool = False) -> LoadResult:
+                 image_root: str | Path | None = None, verify_images: bool = False,
+                 mathvista_prompt: str = "query") -> LoadResult:
     """Load every record of a .jsonl/.json/.parquet file or save_to_disk folder as a Sample.
 
     format: a name from `FORMATS` or "auto" (judged per record by its keys; a record that
@@ -154,6 +180,7 @@ def load_samples(path: str | Path, format: str = "auto", on_error: str = "raise"
     on_error: "raise" raises the first bad record's DataError; "skip" collects it in
     `errors` and goes on. limit: stop after that many good samples.
     Relative image paths resolve against `image_root`, else the data file's folder.
+    mathvista_prompt: "query" or "question" (`from_mathvista`).
     """
     if format != "auto" and format not in FORMATS:
         raise DataError(f"unknown format {format!r}; known formats: auto, {', '.join(FORMATS)}")
@@ -181,7 +208,7 @@ def load_samples(path: str | Path, format: str = "auto", on_error: str = "raise"
                     fmt = file_format
             file_format = file_format or fmt
             counts[fmt] += 1
-            _, sample = parse_record(record, fmt)
+            _, sample = parse_record(record, fmt, mathvista_prompt=mathvista_prompt)
             sample.source = f"{file}:{row}"
             sample.id = sample.id or f"{Path(file).stem}-{row}"
             sample.images = [_resolve(ref, base) for ref in sample.images]

@@ -136,20 +136,42 @@ def _dids(rec: dict, key: str, where: dict) -> list[str]:
     return [str(d) for d in v]
 
 
+def candidate_from_record(rec: dict, where: dict) -> Candidate:
+    """One pool line -> Candidate; `where` ({"file", "row"}) locates its DataError."""
+    did = _str(rec, "did", where)
+    text = _str(rec, "txt", where, required=False)
+    img = _str(rec, "img_path", where, required=False)
+    mod = _modality(rec, "modality", text, img, "txt", "img_path", where)
+    meta = {k: v for k, v in rec.items() if k not in ("did", "txt", "img_path", "modality")}
+    return Candidate(did=did, modality=mod, text=text, image=img, meta=meta)
+
+
+def query_from_record(rec: dict, where: dict) -> RetrievalQuery:
+    """One query line -> RetrievalQuery; `where` ({"file", "row"}) locates its DataError."""
+    qid = _str(rec, "qid", where)
+    text = _str(rec, "query_txt", where, required=False)
+    img = _str(rec, "query_img_path", where, required=False)
+    mod = _modality(rec, "query_modality", text, img, "query_txt", "query_img_path", where)
+    task = rec.get("task_id")
+    if task is not None and (isinstance(task, bool) or not isinstance(task, int)):
+        raise DataError(f"expected an integer, got {task!r}", field="task_id", **where)
+    meta = {k: v for k, v in rec.items() if k not in
+            ("qid", "query_txt", "query_img_path", "query_modality", "pos_cand_list", "neg_cand_list", "task_id")}
+    meta["line"] = where.get("row")
+    return RetrievalQuery(qid=qid, modality=mod, text=text, image=img, positives=_dids(rec, "pos_cand_list", where),
+                          negatives=_dids(rec, "neg_cand_list", where), task_id=task, meta=meta)
+
+
 def load_mbeir_pool(path: str | Path) -> dict[str, Candidate]:
     """An M-BEIR candidate pool JSONL -> {did: Candidate}, in file order; a repeated did is an error."""
     path = Path(path)
     pool: dict[str, Candidate] = {}
     for n, rec in _jsonl(path):
         where = {"file": str(path), "row": n}
-        did = _str(rec, "did", where)
-        if did in pool:
-            raise DataError(f"duplicate did {did!r}", field="did", **where)
-        text = _str(rec, "txt", where, required=False)
-        img = _str(rec, "img_path", where, required=False)
-        mod = _modality(rec, "modality", text, img, "txt", "img_path", where)
-        meta = {k: v for k, v in rec.items() if k not in ("did", "txt", "img_path", "modality")}
-        pool[did] = Candidate(did=did, modality=mod, text=text, image=img, meta=meta)
+        c = candidate_from_record(rec, where)
+        if c.did in pool:
+            raise DataError(f"duplicate did {c.did!r}", field="did", **where)
+        pool[c.did] = c
     return pool
 
 
@@ -159,21 +181,11 @@ def load_mbeir_queries(path: str | Path) -> list[RetrievalQuery]:
     out, seen = [], set()
     for n, rec in _jsonl(path):
         where = {"file": str(path), "row": n}
-        qid = _str(rec, "qid", where)
-        if qid in seen:
-            raise DataError(f"duplicate qid {qid!r}", field="qid", **where)
-        seen.add(qid)
-        text = _str(rec, "query_txt", where, required=False)
-        img = _str(rec, "query_img_path", where, required=False)
-        mod = _modality(rec, "query_modality", text, img, "query_txt", "query_img_path", where)
-        task = rec.get("task_id")
-        if task is not None and (isinstance(task, bool) or not isinstance(task, int)):
-            raise DataError(f"expected an integer, got {task!r}", field="task_id", **where)
-        meta = {k: v for k, v in rec.items() if k not in
-                ("qid", "query_txt", "query_img_path", "query_modality", "pos_cand_list", "neg_cand_list", "task_id")}
-        meta["line"] = n
-        out.append(RetrievalQuery(qid=qid, modality=mod, text=text, image=img, positives=_dids(rec, "pos_cand_list", where),
-                                  negatives=_dids(rec, "neg_cand_list", where), task_id=task, meta=meta))
+        q = query_from_record(rec, where)
+        if q.qid in seen:
+            raise DataError(f"duplicate qid {q.qid!r}", field="qid", **where)
+        seen.add(q.qid)
+        out.append(q)
     return out
 
 
@@ -185,19 +197,23 @@ def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) not in (4, 5):
-                raise DataError(f"expected 'qid 0 did relevance [task_id]', got {len(parts)} columns: {line.strip()!r}",
-                                file=str(path), row=n)
-            qid, _, did, rel = parts[:4]
-            try:
-                r = int(rel)
-            except ValueError:
-                raise DataError(f"relevance {rel!r} is not an integer", file=str(path), row=n, field="relevance") from None
-            qrels.setdefault(qid, {})[did] = r
+            if line.split():
+                qid, did, r = qrel_from_line(line, {"file": str(path), "row": n})
+                qrels.setdefault(qid, {})[did] = r
     return qrels
+
+
+def qrel_from_line(line: str, where: dict) -> tuple[str, str, int]:
+    """One non-blank qrels line -> (qid, did, relevance)."""
+    parts = line.split()
+    if len(parts) not in (4, 5):
+        raise DataError(f"expected 'qid 0 did relevance [task_id]', got {len(parts)} columns: {line.strip()!r}",
+                        **where)
+    qid, _, did, rel = parts[:4]
+    try:
+        return qid, did, int(rel)
+    except ValueError:
+        raise DataError(f"relevance {rel!r} is not an integer", field="relevance", **where) from None
 
 
 def load_mbeir(queries: str | Path, pool: str | Path, qrels: str | Path | None = None,
@@ -270,5 +286,5 @@ def write_mbeir(data: RetrievalSet, out: str | Path, name: str = "world", split:
     return paths
 
 
-__all__ = ["Candidate", "MODALITIES", "RetrievalQuery", "RetrievalSet", "load_mbeir", "load_mbeir_pool",
-           "load_mbeir_queries", "load_qrels", "write_mbeir"]
+__all__ = ["Candidate", "MODALITIES", "RetrievalQuery", "RetrievalSet", "candidate_from_record", "load_mbeir",
+           "load_mbeir_pool", "load_mbeir_queries", "load_qrels", "qrel_from_line", "query_from_record", "write_mbeir"]

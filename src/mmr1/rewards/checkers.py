@@ -9,19 +9,17 @@ distinct number in it. math-verify runs without its signal-based timeout outside
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
 import string
-import threading
 from collections.abc import Mapping
 from functools import lru_cache
 
-from .extract import extract_answer, extract_choice
+from .extract import extract_answer, extract_choice, mv_timeout
 from .normalize import _ANY_NUMBER, _THOUSANDS, clean_math, normalize_text, to_number, unwrap
 from .format import think_answer_format
 
-KINDS = ("auto", "math", "exact", "substring", "choice", "number", "r1v")
+KINDS = ("auto", "math", "exact", "substring", "choice", "number", "r1v", "mathvista")
 
 # ---------------------------------------------------------------- text (SQuAD / Search-R1 EM, SubEM)
 
@@ -76,7 +74,7 @@ _TOO_HARD = re.compile(r"\^\s*\{?\s*[\d.]{4,}|(?:\^[^^]*){3,}|!")  # huge powers
 
 
 def _latexify(s: str) -> str:
-    """Plain-text maths the models write ("2√3", "sqrt(3)/2", "25π/4") in LaTeX for math-verify."""
+    """Plain-text maths the models write ("2√3", "sqrt(3)/2", "25π/4", "2**3") in LaTeX for math-verify."""
     s = re.sub(r"√\s*\{", r"\\sqrt{", s)
     s = re.sub(r"√\s*\(([^()]*)\)", r"\\sqrt{\1}", s)
     s = re.sub(r"√\s*([\d.]+|[a-zA-Z])", r"\\sqrt{\1}", s)
@@ -85,31 +83,21 @@ def _latexify(s: str) -> str:
     return s.replace("×", r"\times ").replace("÷", "/").replace("·", r"\cdot ")
 
 
-class _DropTimeoutWarning(logging.Filter):
-    """Running without math-verify's signal timeout off the main thread is deliberate; don't warn about it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Timeout is disabled" not in record.getMessage()
-
-
-for _name in ("math_verify.parser", "math_verify.grader"):
-    logging.getLogger(_name).addFilter(_DropTimeoutWarning())
-
-
-def _timeout() -> int | None:
-    # math-verify's timeouts use signal.alarm, which raises outside the main thread.
-    return 3 if threading.current_thread() is threading.main_thread() else None
+def _powers(s: str) -> str:
+    """Python's `**` and the superscripts ² ³ as `^`: math-verify reads `2**2` as 2 otherwise."""
+    return re.sub(r"\*\*", "^", s).replace("²", "^2").replace("³", "^3")
 
 
 @lru_cache(maxsize=1 << 16)
 def _mv_parse(s: str) -> tuple:
+    s = _powers(s)
     if not s or len(s) > 200 or _TOO_HARD.search(s):
         return ()
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 
     try:
         out = parse(f"${_latexify(s)}$", [LatexExtractionConfig(), ExprExtractionConfig()],
-                    parsing_timeout=_timeout())
+                    parsing_timeout=mv_timeout())
     except Exception:
         return ()
     return tuple(out)
@@ -123,7 +111,7 @@ def _mv_equal(pred: str, gold: str) -> bool:
     from math_verify import verify
 
     try:
-        return bool(verify(list(g), list(p), timeout_seconds=_timeout()))
+        return bool(verify(list(g), list(p), timeout_seconds=mv_timeout()))
     except Exception:
         return False
 
@@ -153,8 +141,18 @@ def math_equal(pred: str | None, gold) -> bool:
 def r1v_equal(pred: str, gold: str) -> bool:
     """R1-V's accuracy_reward (OThink-MR1 §3.1): math-verify first, then exact equality of the stripped
     answer-tag contents. R1-V hands math-verify the whole completion; this hands it the extracted answer,
-    which is the same number unless the answer tag holds none and the reasoning does."""
-    return _mv_equal(pred, gold) or pred.strip() == gold.strip()
+    which is the same number unless the answer tag holds none and the reasoning does. Units and degree
+    signs are stripped from both sides first (GeoQA's gold reads "140°", "5cm")."""
+    if _mv_equal(clean_math(pred), clean_math(gold)) or pred.strip() == gold.strip():
+        return True
+    pn, gn = to_number(pred), to_number(gold)
+    return pn is not None and gn is not None and numbers_equal(pn, gn)
+
+
+# What makes the numbers in a prediction something other than its value: powers, roots, products,
+# fractions, pi, a coefficient on a variable or a bracket, a sum or difference ("4.0 + PE + PF").
+_OPERATOR = re.compile(r"[\^*/√π×÷·]|\\[a-zA-Z]+|sqrt|\bpi\b|\d[a-zA-Z(]|[\w)]\s*[+\-−]\s*[\w(]")
+_OPTION_LABEL = re.compile(r"[(\[]?[A-Z][)\]]?[.:)]\s*\S")
 
 
 def number_equal(pred: str | None, gold, precision: int | None = None) -> bool:
@@ -173,6 +171,10 @@ def number_equal(pred: str | None, gold, precision: int | None = None) -> bool:
     pn = to_number(p)
     if pn is not None:
         return numbers_equal(pn, gn, precision)
+    if _OPTION_LABEL.match(p):  # "C. 8" to a question without options: an option that does not exist
+        return False
+    if _OPERATOR.search(p):  # "2.0^2", "√4", "2x": the number in it is not the value
+        return math_equal(p, gold)
     found = {float(x) for x in _ANY_NUMBER.findall(p)}
     if len(found) > 1:
         return False
@@ -196,6 +198,41 @@ def choice_equal(pred: str | None, gold, choices: list[str] | None) -> bool:
     """Same option letter; the gold may be the letter or the option's text. Several letters never score."""
     pl = extract_choice(pred, choices)
     return pl is not None and pl == _gold_letter(gold, choices)
+
+
+# ---------------------------------------------------------------- MathVista's scorer
+
+def strip_unit(pred: str, unit: str | None) -> str:
+    """`pred` without a trailing `unit` (MathVista's per-question unit: "g", "years", "cm^2")."""
+    if not unit or not unit.strip():
+        return pred
+    return re.sub(rf"\s*(?:\(?\s*{re.escape(unit.strip())}\s*\)?)\s*\.?\s*$", "", pred.strip(),
+                  flags=re.IGNORECASE) or pred
+
+
+def mathvista_equal(pred: str, gold: str, choices: list[str] | None, answer_type: str | None,
+                    precision: int | None, unit: str | None = None) -> bool:
+    """MathVista's `normalize_extracted_answer` + `safe_equal` (evaluation/calculate_score.py), on our extraction.
+
+    Options: the letter, case-insensitive ("e", "(e)"), or the option's text; MathVista's nearest-option
+    (Levenshtein) mapping is left out on purpose, so a hedge never lands on an option. integer:
+    `int(float(pred)) == gold` (MathVista truncates: "1000.4" is 1000). float: both rounded to `precision`
+    decimals. list: the same text without spaces. The question's unit is stripped from the prediction.
+    """
+    if is_hedge(pred, gold):
+        return False
+    if choices:
+        return choice_equal(pred, gold, choices)
+    atype = (answer_type or "").lower()
+    p = strip_unit(unwrap(pred), unit)
+    if atype == "list":
+        return re.sub(r"\s+", "", p) == re.sub(r"\s+", "", str(gold))
+    pn, gn = to_number(p), to_number(gold)
+    if atype == "integer" and pn is not None and gn is not None:
+        return math.isfinite(pn) and int(pn) == int(gn)
+    if atype == "float" and pn is not None and gn is not None:
+        return numbers_equal(pn, gn, precision)
+    return number_equal(p, gold, precision) if gn is not None else exact_match(p, [gold])
 
 
 # ---------------------------------------------------------------- dispatch
@@ -258,8 +295,16 @@ def check_answer(pred: str | None, sample_or_fields, kind: str = "auto") -> bool
     golds, choices, atype, prec = _fields(sample_or_fields)
     if not golds:
         return False
+    x = sample_or_fields
+    meta = (x.get("meta") or {}) if isinstance(x, Mapping) else (getattr(x, "meta", None) or {})
     if kind == "auto":
-        kind = resolve_kind(golds, choices, atype)
+        # a sample that names its benchmark's scorer is graded by it (MathVista's loader sets "mathvista")
+        kind = meta.get("scorer") if meta.get("scorer") in KINDS else resolve_kind(golds, choices, atype)
+    if kind == "mathvista":
+        qtype = (meta.get("question_type") or "").lower()
+        atype = meta.get("answer_type", atype)
+        opts = choices if (choices and qtype != "free_form") else None
+        return any(mathvista_equal(pred, g, opts, atype, prec, meta.get("unit")) for g in golds)
     if kind == "exact":
         return exact_match(pred, golds)
     if kind == "substring":
@@ -274,8 +319,11 @@ def check_answer(pred: str | None, sample_or_fields, kind: str = "auto") -> bool
     return any(math_equal(pred, g) for g in golds)
 
 
-def score_completion(completion: str, sample, kind: str = "auto") -> dict:
-    """{"extracted": last <answer> content or None, "correct": bool, "formatted": think/answer format ok}."""
-    extracted = extract_answer(completion)
+def score_completion(completion: str, sample, kind: str = "auto", fallback: bool = False) -> dict:
+    """{"extracted": last <answer> content or None, "correct": bool, "formatted": think/answer format ok}.
+
+    `fallback`: without an answer tag, grade the final answer read from the whole output (`extract_answer`).
+    """
+    extracted = extract_answer(completion, fallback=fallback)
     return {"extracted": extracted, "correct": check_answer(extracted, sample, kind),
             "formatted": think_answer_format(completion) if isinstance(completion, str) else False}

@@ -4,12 +4,19 @@ Only the LAST closed `<answer>…</answer>` counts: a model that writes several 
 graded on its final word (the format check rejects such outputs anyway, so a format-gated reward
 gives them 0). Text outside the tags is never read, nor is an answer tag inside `<think>…</think>`:
 only what follows the last `</think>` is searched, and an unterminated `<think>` yields None.
+
+`fallback=True` is for grading evaluations whose published scorer reads the whole output (R1-V's GeoQA
+script runs math-verify's default `parse` on it): when no answer tag yields an answer, the final answer
+is the one that parse finds anywhere in the text. Training rewards never fall back: there the strict
+format is the point.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import string
+import threading
 
 from .normalize import normalize_text, to_number, unwrap
 
@@ -18,13 +25,53 @@ _OPEN, _CLOSE = "<answer>", "</answer>"
 _FINAL_ANSWER = re.compile(r"^\s*final\s*answer\s*[:：]\s*", re.IGNORECASE)
 
 
-def extract_answer(text: str | None) -> str | None:
+def mv_timeout() -> int | None:
+    """math-verify's timeouts use signal.alarm, which raises outside the main thread: none there."""
+    return 3 if threading.current_thread() is threading.main_thread() else None
+
+
+class _DropTimeoutWarning(logging.Filter):
+    """Running without math-verify's signal timeout off the main thread is deliberate; don't warn about it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timeout is disabled" not in record.getMessage()
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_DropTimeoutWarning())
+
+
+def fallback_answer(text: str | None) -> str | None:
+    """The final answer R1-V's GeoQA evaluation reads from a whole output: math-verify's `parse` with its
+    default extraction (LaTeX and plain expressions), as the matched text. None when it finds nothing."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    from math_verify import parse
+
+    try:
+        found = parse(text, parsing_timeout=mv_timeout())
+    except Exception:
+        return None
+    if len(found) < 2 or not isinstance(found[1], str) or not found[1].strip():
+        return None
+    return found[1].strip()
+
+
+def extract_answer(text: str | None, fallback: bool = False) -> str | None:
     """Content of the last `<answer>…</answer>`, stripped, without a leading `Final Answer:`.
 
     None when there is no closed answer tag after the thinking; "" for an empty one (never scores).
+    With `fallback`, a missing answer tag is replaced by `fallback_answer` of the whole text.
     """
     if not isinstance(text, str):
         return None
+    tagged = _tagged_answer(text)
+    if tagged is None and fallback:
+        return fallback_answer(text)
+    return tagged
+
+
+def _tagged_answer(text: str) -> str | None:
     think_end = text.rfind("</think>")
     if think_end >= 0:
         text = text[think_end + len("</think>"):]

@@ -9,7 +9,8 @@ text-only page). `build_index(records, out_dir, embedder)` writes a self-contain
     thumbs/           a thumbnail per record with an image (JPEG, longest side `thumb_size`)
     image.faiss       inner-product FAISS index over L2-normalised image embeddings (= cosine)
     image_rows.npy    FAISS row -> record row
-    bm25.npz          Okapi BM25 (k1=1.5, b=0.75) inverted index; bm25_vocab.json its vocabulary
+    bm25/             Okapi BM25 (bm25s, Lucene's variant, k1=1.5, b=0.75): its JSON vocabulary and parameters
+                      and .npy score matrix (no pickles)
     text.faiss        dense text embeddings, only when the embedder can embed text
 
 The build is resumable and atomic: it works in ``<out_dir>.partial/``, committing chunks of
@@ -46,7 +47,7 @@ from .embedders import can_embed_text, embedder_from_spec, make_embedder, tokeni
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: BM25 by bm25s (bm25/); a version-1 index says to rebuild it
 MAX_SKIP_REASONS = 20
 
 
@@ -58,59 +59,37 @@ class SearchIndexError(MMR1Error):
 
 
 class BM25:
-    """Okapi BM25 over lowercase word tokens.
+    """Okapi BM25 over lowercase word tokens, by `bm25s` (Lucene's variant, k1=1.5, b=0.75 by default):
 
-    score(D, Q) = sum over query tokens q (repeats count) of
-        idf(q) * tf(q, D) * (k1 + 1) / (tf(q, D) + k1 * (1 - b + b * |D| / avgdl))
-    with the non-negative idf(q) = ln(1 + (N - n(q) + 0.5) / (n(q) + 0.5)) (Lucene's), N documents,
-    n(q) of them containing q. Stored as a term-major inverted index (CSR: indptr, doc ids, tfs).
+    score(D, Q) = sum over query tokens q (repeats count) of idf(q) * tf(q, D) / (tf(q, D) + k1 * (1 - b + b *
+    |D| / avgdl)) with idf(q) = ln(1 + (N - n(q) + 0.5) / (n(q) + 0.5)), N documents, n(q) of them holding q.
+    bm25s precomputes every (term, document) score into a sparse matrix, so a query is a few row sums.
+    Tokens are this module's `tokenize` (the same for documents and queries); query words the corpus never
+    saw score nothing.
     """
 
-    def __init__(self, vocab: dict[str, int], indptr: np.ndarray, docs: np.ndarray, tfs: np.ndarray,
-                 doc_len: np.ndarray, k1: float = 1.5, b: float = 0.75):
-        self.vocab, self.indptr, self.docs, self.tfs = vocab, indptr, docs, tfs
-        self.doc_len = doc_len.astype(np.float64)
-        self.k1, self.b = float(k1), float(b)
-        self.n_docs = len(doc_len)
-        self.avgdl = float(self.doc_len.mean()) if self.n_docs else 0.0
-        df = np.diff(indptr).astype(np.float64)
-        self.idf = np.log1p((self.n_docs - df + 0.5) / (df + 0.5))
-        # the per-document part of the denominator, computed once
-        self._norm = self.k1 * (1.0 - self.b + self.b * self.doc_len / self.avgdl) if self.avgdl else \
-            np.full(self.n_docs, self.k1)
+    def __init__(self, retriever, n_docs: int, k1: float = 1.5, b: float = 0.75):
+        self._bm, self.n_docs, self.k1, self.b = retriever, int(n_docs), float(k1), float(b)
+        self.vocab: dict[str, int] = dict(retriever.vocab_dict) if retriever is not None else {}
 
     @classmethod
     def fit(cls, docs: Iterable[Sequence[str]], k1: float = 1.5, b: float = 0.75) -> "BM25":
-        vocab: dict[str, int] = {}
-        postings: list[list[tuple[int, int]]] = []
-        lens = []
-        for d, toks in enumerate(docs):
-            lens.append(len(toks))
-            for term, tf in Counter(toks).items():
-                t = vocab.get(term)
-                if t is None:
-                    t = vocab[term] = len(vocab)
-                    postings.append([])
-                postings[t].append((d, tf))
-        indptr = np.zeros(len(vocab) + 1, dtype=np.int64)
-        indptr[1:] = np.cumsum([len(p) for p in postings])
-        flat = [x for p in postings for x in p]
-        docs_a = np.array([d for d, _ in flat], dtype=np.int32)
-        tfs_a = np.array([tf for _, tf in flat], dtype=np.float32)
-        return cls(vocab, indptr, docs_a, tfs_a, np.array(lens, dtype=np.int32), k1, b)
+        import bm25s
+
+        docs = [list(d) for d in docs]
+        if not docs:
+            return cls(None, 0, k1, b)
+        bm = bm25s.BM25(k1=k1, b=b, method="lucene")
+        bm.index(docs, show_progress=False)
+        return cls(bm, len(docs), k1, b)
 
     def scores(self, query: str | Sequence[str]) -> np.ndarray:
         """BM25 score of every document for `query` (a string or its tokens)."""
         toks = tokenize(query) if isinstance(query, str) else list(query)
-        out = np.zeros(self.n_docs, dtype=np.float64)
-        for term in toks:
-            t = self.vocab.get(term)
-            if t is None:
-                continue
-            lo, hi = self.indptr[t], self.indptr[t + 1]
-            d, tf = self.docs[lo:hi], self.tfs[lo:hi].astype(np.float64)
-            out[d] += self.idf[t] * tf * (self.k1 + 1.0) / (tf + self._norm[d])
-        return out
+        ids = [self.vocab[t] for t in toks if t in self.vocab and t != ""]
+        if not ids or self._bm is None:
+            return np.zeros(self.n_docs, dtype=np.float64)
+        return np.asarray(self._bm.get_scores([int(i) for i in ids]), dtype=np.float64)
 
     def search(self, query: str | Sequence[str], k: int) -> list[tuple[int, float]]:
         """The top-k (document, score) pairs with a positive score, best first (ties: lower document first)."""
@@ -122,19 +101,21 @@ class BM25:
         return [(int(d), float(s[d])) for d in order]
 
     def save(self, directory: Path) -> None:
-        np.savez(directory / "bm25.npz", indptr=self.indptr, docs=self.docs, tfs=self.tfs, doc_len=self.doc_len,
-                 params=np.array([self.k1, self.b]))
-        terms = [None] * len(self.vocab)
-        for term, t in self.vocab.items():
-            terms[t] = term
-        (directory / "bm25_vocab.json").write_text(json.dumps(terms, ensure_ascii=False), encoding="utf-8")
+        """bm25s's own files (JSON params and vocabulary, .npy score matrix, no pickles) under `bm25/`."""
+        out = Path(directory) / "bm25"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "mmr1.json").write_text(json.dumps({"n_docs": self.n_docs, "k1": self.k1, "b": self.b}))
+        if self._bm is not None:
+            self._bm.save(str(out), allow_pickle=False)
 
     @classmethod
     def load(cls, directory: Path) -> "BM25":
-        z = np.load(directory / "bm25.npz")
-        terms = json.loads((directory / "bm25_vocab.json").read_text(encoding="utf-8"))
-        k1, b = (float(x) for x in z["params"])
-        return cls({t: i for i, t in enumerate(terms)}, z["indptr"], z["docs"], z["tfs"], z["doc_len"], k1, b)
+        import bm25s
+
+        out = Path(directory) / "bm25"
+        info = json.loads((out / "mmr1.json").read_text(encoding="utf-8"))
+        bm = bm25s.BM25.load(str(out), allow_pickle=False) if info["n_docs"] else None
+        return cls(bm, info["n_docs"], info["k1"], info["b"])
 
 
 # ----------------------------------------------------------------------------------------- records

@@ -11,10 +11,14 @@
 - `WebSearchTool(mode)`: SerpApi (Google Lens for images, given an image URL; Google for text), a page
   reader (Jina Reader: GET ``https://r.jina.ai/<url>``) and an LLM summariser (`mmr1.clients.ChatClient`),
   with per-request timeouts, retries with back-off, and a minimum interval between requests. Its
-  failures (HTTP errors, timeouts, malformed replies) come back as an error `ToolResult`
-  (``[text_search error: ...]``) with ``errors="result"`` (the default), or raise `SearchError` with
-  ``errors="raise"`` so that `ToolRunner` counts them as failures. API keys are read from environment
-  variables at call time and are redacted from every returned text, exception and log message.
+  failures (HTTP errors, timeouts, quota, a bad key, garbage replies) raise `SearchError` naming the kind
+  (``errors="raise"``, the default), so `ToolRunner` counts them (``tool/<name>/failures``, ``tool/errors``)
+  and the model sees an error observation, never the "found no results" text; ``errors="result"`` returns
+  the error text as an ordinary result instead. After `max_consecutive_failures` failures in a row the
+  tool is `down`: it stops calling the backend and `raise_if_down` stops the run with one line naming the
+  backend and why. The image search takes the question image's original URL from the prompt's context (a
+  Sample with ``meta["image_urls"]``, as FVQA rows carry). API keys are read from environment variables at
+  call time and are redacted from every returned text, exception and log message.
 
 Local tools raise on bad input (no image, empty query); `ToolRunner` turns that into an error text.
 """
@@ -22,6 +26,7 @@ Local tools raise on bad input (no image, empty query); `ToolRunner` turns that 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import logging
@@ -37,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..errors import MMR1Error
 from . import IMAGE_MARKER, ToolResult, error_text, validate_result
 from .index import Hit, SearchIndex
 
@@ -163,9 +169,10 @@ class CachedTool:
         self.hits = self.misses = self.stored = 0
         self._lock = threading.Lock()
 
-    def key(self, query: str, images: list) -> str:
+    def key(self, query: str, images: list, url: str | None = None) -> str:
         ih = image_hash(images[0]) if self.uses_images and images else None
-        return hashlib.sha256(json.dumps([self.name, query, ih]).encode()).hexdigest()
+        parts = [self.name, query, ih] + ([url] if url else [])  # a URL-searched result depends on the URL
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         d = self.dir / key[:2]
@@ -204,8 +211,11 @@ class CachedTool:
         tmp.write_text(json.dumps(entry, ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, p)  # the JSON last: it commits the entry
 
-    def __call__(self, query: str, *, images: list) -> ToolResult:
-        key = self.key(query, images)
+    def __call__(self, query: str, *, images: list, context: Any = None) -> ToolResult:
+        """`context` reaches the wrapped tool only when it takes one (the web image search's URL)."""
+        takes = "context" in inspect.signature(self.tool).parameters
+        url = context_image_url(context) if takes and self.uses_images else None
+        key = self.key(query, images, url)
         res = self._load(key)
         if res is not None:
             with self._lock:
@@ -213,7 +223,7 @@ class CachedTool:
             return res
         with self._lock:
             self.misses += 1
-        res = self.tool(query, images=images)
+        res = self.tool(query, images=images, **({"context": context} if takes and context is not None else {}))
         if validate_result(res) is None and (self.cache_errors or not _is_error(self.name, res.text)):
             self._store(key, query, res)
             with self._lock:
@@ -228,7 +238,33 @@ class CachedTool:
 
 
 class SearchError(Exception):
-    """A web search that failed; its message never holds an API key."""
+    """A web search that failed; its message never holds an API key. `kind`: "bad key", "quota", "timeout",
+    "HTTP error", "connection", "garbage" or "config"."""
+
+    def __init__(self, message: str, kind: str = "HTTP error"):
+        super().__init__(message)
+        self.kind = kind
+
+
+class SearchBackendDown(MMR1Error):
+    """A web search backend failed too many times in a row: the run stops (one line: which backend, why)."""
+
+
+def raise_if_down(tools) -> None:
+    """Raise `SearchBackendDown` when any of `tools` (or the tool a `CachedTool` wraps) is down."""
+    for t in tools.values() if isinstance(tools, dict) else tools:
+        down = getattr(getattr(t, "tool", t), "down", None)
+        if down:
+            raise SearchBackendDown(down)
+
+
+def _http_kind(code: int, body: str) -> str:
+    low = body.lower()
+    if code in (401, 403) or "invalid api key" in low:
+        return "bad key"
+    if code == 429 or "run out of searches" in low or "quota" in low:
+        return "quota"
+    return "HTTP error"
 
 
 class RateLimiter:
@@ -273,7 +309,8 @@ class WebSearchTool:
                  max_page_chars: int = 20000, max_chars: int | None = 1000, http_timeout_s: float = 20.0,
                  retries: int = 2, backoff: float = 1.0, min_interval_s: float = 0.0, timeout_s: float = 120.0,
                  image_url_fn: Callable[[Any], str | None] | None = None, params: dict | None = None,
-                 thumb_size: int | None = 256, errors: str = "result", sleep=time.sleep):
+                 thumb_size: int | None = 256, errors: str = "raise", max_consecutive_failures: int = 5,
+                 sleep=time.sleep):
         if mode not in ("image", "text"):
             raise ValueError(f"mode must be 'image' or 'text', got {mode!r}")
         if errors not in ("result", "raise"):
@@ -291,6 +328,10 @@ class WebSearchTool:
         self.errors, self.sleep = errors, sleep
         self.limiter = RateLimiter(min_interval_s, sleep=sleep)
         self.requests = 0
+        self.max_consecutive_failures = int(max_consecutive_failures)  # 0: never give up
+        self.failures_in_a_row, self.errors_by_kind = 0, {}
+        self.down: str | None = None  # why the backend is considered down (set once; then no more calls)
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:  # no keys in here, ever
         return f"WebSearchTool(mode={self.mode!r}, name={self.name!r}, serpapi_url={self.serpapi_url!r})"
@@ -314,13 +355,13 @@ class WebSearchTool:
     def _key(self) -> str:
         key = os.environ.get(self.api_key_env, "")
         if not key:
-            raise SearchError(f"no SerpApi key: set the environment variable {self.api_key_env}")
+            raise SearchError(f"no SerpApi key: set the environment variable {self.api_key_env}", "bad key")
         return key
 
     # HTTP ----------------------------------------------------------------------------------------
     def _get(self, url: str, service: str, headers: dict | None = None) -> bytes:
         """GET with retries on timeouts, connection errors, 429 and 5xx; SearchError (redacted) otherwise."""
-        last = ""
+        last, kind = "", "HTTP error"
         for attempt in range(self.retries + 1):
             if attempt:
                 self.sleep(self.backoff * 2 ** (attempt - 1))
@@ -339,19 +380,22 @@ class WebSearchTool:
                 except (OSError, ValueError, AttributeError):
                     pass
                 last = f"HTTP {e.code}" + (f": {' '.join(body.split())[:200]}" if body.strip() else "")
-                if e.code not in RETRY_STATUS:
+                kind = _http_kind(e.code, body)
+                if e.code not in RETRY_STATUS or kind == "quota":
                     break
             except (socket.timeout, TimeoutError):
-                last = f"timed out after {self.http_timeout_s:g} s"
+                last, kind = f"timed out after {self.http_timeout_s:g} s", "timeout"
             except urllib.error.URLError as e:
                 reason = e.reason
-                last = (f"timed out after {self.http_timeout_s:g} s" if isinstance(reason, (socket.timeout, TimeoutError))
+                timed_out = isinstance(reason, (socket.timeout, TimeoutError))
+                last = (f"timed out after {self.http_timeout_s:g} s" if timed_out
                         else f"connection failed ({type(reason).__name__}: {reason})")
+                kind = "timeout" if timed_out else "connection"
             except (ConnectionError, OSError) as e:
-                last = f"connection failed ({type(e).__name__}: {e})"
+                last, kind = f"connection failed ({type(e).__name__}: {e})", "connection"
             log.debug("%s request failed (attempt %d of %d): %s", service, attempt + 1, self.retries + 1,
                       self.redact(last))
-        raise SearchError(self.redact(f"{service}: {last}"))
+        raise SearchError(self.redact(f"{service} {kind}: {last}"), kind)
 
     def _serpapi(self, params: dict) -> dict:
         q = {**self.params, **params, "api_key": self._key()}
@@ -361,27 +405,32 @@ class WebSearchTool:
         try:
             data = json.loads(raw)
         except ValueError:
-            raise SearchError(f"SerpApi: the reply is not JSON ({len(raw)} bytes)") from None
+            raise SearchError(f"SerpApi garbage: the reply is not JSON ({len(raw)} bytes)", "garbage") from None
         if not isinstance(data, dict):
-            raise SearchError(f"SerpApi: the reply is a JSON {type(data).__name__}, not an object")
+            raise SearchError(f"SerpApi garbage: the reply is a JSON {type(data).__name__}, not an object", "garbage")
         if data.get("error"):
             msg = str(data["error"])
             if "hasn't returned any results" in msg or "no results" in msg.lower():
                 return {}
-            raise SearchError(self.redact(f"SerpApi: {msg[:200]}"))
+            kind = _http_kind(200, msg)
+            raise SearchError(self.redact(f"SerpApi {kind}: {msg[:200]}"), kind)
+        for key in ("visual_matches", "organic_results"):
+            if key in data and not isinstance(data[key], list):
+                raise SearchError(f"SerpApi garbage: '{key}' is a {type(data[key]).__name__}, not a list",
+                                  "garbage")
         return data
 
     # image search --------------------------------------------------------------------------------
-    def _image_url(self, query: str, images: list) -> str:
-        url = None
-        if images:
+    def _image_url(self, query: str, images: list, context: Any = None) -> str:
+        url = context_image_url(context)
+        if not url and images:
             url = self.image_url_fn(images[0]) if self.image_url_fn else \
                 (images[0].info.get("url") or images[0].info.get("image_url"))
         if not url and re.match(r"https?://", query.strip()):
             url = query.strip()
         if not url:
-            raise SearchError("no URL for the question image (Google Lens searches a public image URL; "
-                              "give WebSearchTool an image_url_fn)")
+            raise SearchError("no URL for the question image (Google Lens searches a public image URL: keep the "
+                              "rows' image_urls, or give WebSearchTool an image_url_fn)", "config")
         return url
 
     def _fetch_image(self, url: str):
@@ -394,8 +443,8 @@ class WebSearchTool:
             log.debug("skipping a result thumbnail: %s", self.redact(f"{type(e).__name__}: {e}"))
             return None
 
-    def _image_search(self, query: str, images: list) -> ToolResult:
-        data = self._serpapi({"engine": "google_lens", "url": self._image_url(query, images)})
+    def _image_search(self, query: str, images: list, context: Any = None) -> ToolResult:
+        data = self._serpapi({"engine": "google_lens", "url": self._image_url(query, images, context)})
         matches = [m for m in data.get("visual_matches") or [] if isinstance(m, dict) and m.get("thumbnail")]
         titles, thumbs = [], []
         # fetch k thumbnails at a time (concurrently); a result whose thumbnail fails is skipped
@@ -445,7 +494,7 @@ class WebSearchTool:
 
     def _text_search(self, query: str) -> ToolResult:
         if not query.strip():
-            raise SearchError("empty text search query")
+            raise SearchError("empty text search query", "config")
         data = self._serpapi({"engine": "google", "q": query.strip(), "num": self.k})
         results = [r for r in data.get("organic_results") or [] if isinstance(r, dict)][:self.k]
         if not results:
@@ -454,15 +503,47 @@ class WebSearchTool:
             pages = list(pool.map(lambda r: self._page(query.strip(), r), results))
         return ToolResult(format_text_results(query.strip(), pages))
 
-    def __call__(self, query: str, *, images: list) -> ToolResult:
+    def __call__(self, query: str, *, images: list, context: Any = None) -> ToolResult:
+        """One search. `context`: the prompt's Sample (the agent loop's per-prompt context); its
+        ``meta["image_urls"][0]`` is the URL an image search sends."""
         try:
-            return self._image_search(query, images) if self.mode == "image" else self._text_search(query)
+            if self.down:
+                raise SearchError(self.down, "down")
+            res = (self._image_search(query, images, context) if self.mode == "image"
+                   else self._text_search(query))
         except SearchError as e:
             msg = self.redact(str(e))
+            if e.kind != "down":
+                self._failed(e.kind, msg)
             log.warning("%s failed: %s", self.name, msg)
             if self.errors == "raise":
-                raise SearchError(msg) from None
+                raise SearchError(msg, e.kind) from None
             return ToolResult(error_text(self.name, msg))
+        with self._lock:
+            self.failures_in_a_row = 0
+        return res
+
+    def _failed(self, kind: str, msg: str) -> None:
+        with self._lock:
+            self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
+            if kind == "config":  # our input, not the backend
+                return
+            self.failures_in_a_row += 1
+            n = self.failures_in_a_row
+            if self.max_consecutive_failures and n >= self.max_consecutive_failures and not self.down:
+                host = urllib.parse.urlsplit(self.serpapi_url).netloc
+                self.down = (f"{self.name}: the web search backend (SerpApi at {host}) failed {n} times in a row, "
+                             f"last: {msg}; fix the key, quota or network and resume the run")
+
+
+def context_image_url(context: Any) -> str | None:
+    """The question image's original URL from a prompt's context: a Sample (or dict) whose meta holds
+    ``image_urls`` (MMSearch-R1's FVQA rows); None when there is none."""
+    meta = context.get("meta", context) if isinstance(context, dict) else getattr(context, "meta", None)
+    urls = meta.get("image_urls") if isinstance(meta, dict) else None
+    if isinstance(urls, (list, tuple)) and urls and isinstance(urls[0], str) and urls[0].strip():
+        return urls[0].strip()
+    return None
 
 
 # --------------------------------------------------------------------------------------- factory
@@ -489,5 +570,6 @@ def make_search_tools(index: str | Path | SearchIndex | None = None, *, backend:
     return tools
 
 
-__all__ = ["CachedTool", "ImageSearchTool", "RateLimiter", "SearchError", "TextSearchTool", "WebSearchTool",
-           "format_image_results", "format_text_results", "image_hash", "make_search_tools", "truncate"]
+__all__ = ["CachedTool", "ImageSearchTool", "RateLimiter", "SearchBackendDown", "SearchError", "TextSearchTool",
+           "WebSearchTool", "context_image_url", "format_image_results", "format_text_results", "image_hash",
+           "make_search_tools", "raise_if_down", "truncate"]

@@ -36,6 +36,7 @@ from ..data.encode import to_device, with_system
 from ..models.forward import completion_logprobs
 from ..rewards.search import SearchReward
 from ..rollout.agent import AgentConfig, AgentLoop, Trajectory, build_agent_batch
+from ..tools.search import raise_if_down
 from .checkpoint import seed_everything
 from .grpo import HISTORIES, LossShares, PolicyUpdate, RLResult, StepOutput, rl_loop, rollout_generator
 from .run_dir import RunDir
@@ -147,6 +148,7 @@ def trajectory_metrics(trajs: Sequence[Trajectory], samples: Sequence, details: 
         made = [c for c in calls if c.status in ("ok", "error")]
         m[f"calls/{tool}"] = len(made) / n
         m[f"tool/{tool}/failures"] = sum(c.status == "error" for c in made)
+        m["tool/errors"] = m.get("tool/errors", 0) + m[f"tool/{tool}/failures"]
         m[f"tool/{tool}/refusals"] = sum(c.status == "refused" for c in calls)
         m[f"tool/{tool}/latency_mean_s"] = sum(c.latency_s for c in made) / len(made) if made else 0.0
         m[f"tool/{tool}/latency_max_s"] = max((c.latency_s for c in made), default=0.0)
@@ -198,7 +200,7 @@ class AgentGRPOStep(PolicyUpdate):
         """The step's samples (each repeated G times) and their trajectories, in group order."""
         cfg, G = self.cfg, self.cfg.rollout.group_size
         samples = [self.train_samples[i] for i in self.sampler.indices(step)]
-        contexts = None
+        contexts = list(samples)  # tools that take a context see the sample (the web image search: its URL)
         if self.prompt_fn is None:
             prompts = [(with_system(s.prompt_messages(), cfg.data.system_prompt), s.load_images()) for s in samples]
         else:  # (prompt, tool context) per sample; the prompt may carry embedding overrides
@@ -209,6 +211,7 @@ class AgentGRPOStep(PolicyUpdate):
         with dist.gathered(self.root):
             groups = self.loop.run(prompts, n=G, generator=gen, questions=[question_of(s) for s in samples],
                                    script=self.script, contexts=contexts)
+        raise_if_down(self.tools)  # a web backend that keeps failing stops the run, naming itself and why
         return [s for s in samples for _ in range(G)], [t for g in groups for t in g]
 
     def run(self, step: int) -> StepOutput:

@@ -39,6 +39,7 @@ from ...errors import ConfigError
 from ..common import derive_config, fingerprint, fmt_mean_std, markdown_rows, run_recipe, run_stage
 from ...rollout.agent import AgentLoop, ObservationFormat
 from ...tools import IMAGE_MARKER, ToolResult, marked_parts
+from ...tools.search import raise_if_down
 from ...train.agent_grpo import (agent_config, build_search_reward, fit_agent, question_of, searched,
                                trajectory_metrics)
 from ...train.grpo import mean_first_last
@@ -146,7 +147,8 @@ def make_tools(cfg: Config, index_path: Path | None, cache_root: Path | None) ->
 
     sc = cfg.search
     if sc.backend == "web":
-        tools = make_search_tools(backend="web", k=sc.top_k, max_chars=sc.max_chars)
+        tools = make_search_tools(backend="web", k=sc.top_k, max_chars=sc.max_chars,
+                                  max_consecutive_failures=sc.max_consecutive_failures)
     else:
         from ...tools.index import SearchIndex
 
@@ -276,7 +278,9 @@ def evaluate_search(lm, samples: list[Sample], cfg: Config, tools: list, *, mode
         for i in range(0, len(samples), bs):
             chunk = samples[i:i + bs]
             prompts = [(with_system(s.prompt_messages(), cfg.data.system_prompt), s.load_images()) for s in chunk]
-            groups = loop.run(prompts, n=1, questions=[question_of(s) for s in chunk], script=script)
+            groups = loop.run(prompts, n=1, questions=[question_of(s) for s in chunk], script=script,
+                              contexts=list(chunk))
+            raise_if_down(tools)
             trajs += [g[0] for g in groups]
     finally:
         loop.close()
