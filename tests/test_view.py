@@ -34,7 +34,7 @@ from mmr1.view.export import pick_steps
 from tests.test_mmsearch import _cfg as mmsearch_cfg
 from tests.test_mmsearch import script
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("MMR1_CHROMIUM", "/usr/bin/chromium")  # Debian's package; nothing is downloaded
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 SRC = str(Path(__file__).parents[1] / "src")
