@@ -132,6 +132,7 @@ function ticks(lo, hi, n) {
 // series: [{label, color, xs, ys}]
 function chart(title, series, opts) {
   opts = opts || {};
+  if (opts.intX === undefined) opts.intX = S.x === "step";
   const W = 360, H = 190, L = 46, R = 8, T = 8, B = 24;
   const pts = series.flatMap(s => s.xs.map((x, i) => [x, s.ys[i]])).filter(p => p[1] !== null && isFinite(p[1]) && p[0] !== null);
   const box = h("div", {class: "chart", "data-metric": title});
@@ -153,9 +154,7 @@ function chart(title, series, opts) {
   for (const t of ticks(x0, x1, 5)) if (!opts.intX || Number.isInteger(t)) g.append(svg("text", {x: X(t), y: H - 8, "text-anchor": "middle"}, fmt(t, 0)));
   g.append(svg("line", {x1: L, x2: L, y1: T, y2: H - B, stroke: "#9ca3af"}));
   g.append(svg("line", {x1: L, x2: W - R, y1: H - B, y2: H - B, stroke: "#9ca3af"}));
-  g.append(svg("text", {x: W - R, y: H - 8 + 0, "text-anchor": "end"}, ""));
   const w = opts.smooth === undefined ? S.smooth : opts.smooth;
-  if (opts.intX === undefined) opts.intX = S.x === "step";
   for (const s of series) {
     const line = (ys, attrs) => {
       let d = "", pen = false;
