@@ -129,6 +129,12 @@ def test_rollout_sampling_follows_the_config(tiny_dirs, tmp_path):
     files = sorted(p.name for p in (tmp_path / "rollouts").glob("step-*.jsonl"))
     assert files == ["step-000002.jsonl", "step-000004.jsonl"]
     assert len(_groups(tmp_path / "rollouts" / files[0])) == 1
+    off = tmp_path / "off"
+    fit(load_config(None, [f"logging.run_dir={off}", "rl.prompts_per_step=2", "rollout.group_size=2", "rl.steps=1",
+                           "rollout.max_new_tokens=4", "trainer.save_every=0", "logging.rollouts.enabled=false"]),
+        load_model(tiny_dirs["qwen2_5_vl"]), make_world("counting", "train", 8, 0), RunDir(off, tensorboard=False),
+        progress=False)
+    assert (off / "metrics.jsonl").exists() and not (off / "rollouts").exists()
 
 
 def test_tool_collapse_and_helpers():
@@ -302,6 +308,7 @@ def _rollout_checks(page, part_label):
     assert page.locator("#group .completion").count() == 4
 
 
+@pytest.mark.slow
 def test_browser_curves_rollouts_filters_evals(runs, browser, tmp_path):
     with viewer(runs["qs"], runs["agent"]) as base, page_of(browser, tmp_path, "viewer") as page:
         page.goto(base + "/")
@@ -366,6 +373,7 @@ def test_browser_curves_rollouts_filters_evals(runs, browser, tmp_path):
         page.wait_for_selector("#ev-compare")
 
 
+@pytest.mark.slow
 def test_browser_shows_tool_collapse_warning_and_refresh(runs, browser, tmp_path):
     """A run whose tool-call rate halves while its reward rises (its metrics rewritten so) shows the warning; a
     step added while the page is open appears after Refresh."""
@@ -386,6 +394,7 @@ def test_browser_shows_tool_collapse_warning_and_refresh(runs, browser, tmp_path
         page.wait_for_selector("#ro-steps button[data-step='4']")
 
 
+@pytest.mark.slow
 def test_export_is_self_contained(runs, browser, tmp_path):
     out = tmp_path / "report.html"
     assert main(["view", str(runs["qs"]), str(runs["agent"]), "--export", str(out)]) == 0

@@ -478,10 +478,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for h in logging.getLogger().handlers:
         h.setLevel(logging.INFO if rank0 else logging.WARNING)
-    _quiet_libraries()
-    from . import dist
+    if a.fn is cmd_view:  # the viewer reads JSON and serves files: it starts without torch or transformers
+        dist = None
+    else:
+        _quiet_libraries()
+        from . import dist
 
     try:
+        if dist is None:
+            return a.fn(a)
         if dist.world_size() > 1 and a.fn not in (cmd_sft, cmd_grpo):
             raise MMR1Error(f"`mmr1 {a.command}` runs in one process; under torchrun run `mmr1 sft` or `mmr1 grpo` "
                             f"(data parallel), and evaluate or run the experiments without torchrun")
@@ -496,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped: {e or 'interrupted'}", file=sys.stderr)
         return 130
     finally:
-        dist.close()
+        if dist is not None:
+            dist.close()
 
 
 if __name__ == "__main__":
