@@ -318,6 +318,8 @@ def test_browser_curves_rollouts_filters_evals(runs, browser, tmp_path):
         assert reward.locator("path.series").count() >= 2  # quickstart rl/ and the agent run, overlaid
         assert page.locator(".chart[data-metric='sft/loss'] path.series").count() >= 1
         assert page.locator(".chart[data-metric='tool-call rate'] path.series").count() >= 1
+        reward.locator("svg").hover()
+        assert "agent @" in reward.locator(".readout").inner_text()  # the hover readout names each series' value
         page.select_option("#x-axis", "time")
         assert reward.locator("path.series").count() >= 2
         page.fill("#metric-filter", "sft/loss")

@@ -169,7 +169,25 @@ function chart(title, series, opts) {
     else line(s.ys, {});
     if (s.xs.length === 1) g.append(svg("circle", {cx: X(s.xs[0]), cy: Y(s.ys[0]), r: 3, fill: s.color}));
   }
-  box.append(g);
+  // hover: a vertical line and each series' nearest value
+  const cursor = svg("line", {y1: T, y2: H - B, stroke: "#9ca3af", "stroke-dasharray": "3,3", visibility: "hidden"});
+  g.append(cursor);
+  const readout = h("div", {class: "readout"}, "\u00a0");
+  g.addEventListener("mousemove", ev => {
+    const r = g.getBoundingClientRect();
+    const px = (ev.clientX - r.left) / r.width * W;
+    if (px < L || px > W - R) return;
+    const xv = x0 + (px - L) / (W - L - R) * (x1 - x0);
+    cursor.setAttribute("x1", px); cursor.setAttribute("x2", px); cursor.setAttribute("visibility", "visible");
+    const parts = s2 => {
+      let best = -1, d = Infinity;
+      s2.xs.forEach((x, i) => { if (x !== null && s2.ys[i] !== null && Math.abs(x - xv) < d) { d = Math.abs(x - xv); best = i; } });
+      return best < 0 ? null : `${s2.label} @${fmt(s2.xs[best], 1)}: ${fmt(s2.ys[best], 4)}`;
+    };
+    readout.textContent = series.map(parts).filter(Boolean).join(" · ") || "\u00a0";
+  });
+  g.addEventListener("mouseleave", () => { cursor.setAttribute("visibility", "hidden"); readout.textContent = "\u00a0"; });
+  box.append(g, readout);
   box.append(h("div", {class: "legend"}, series.map(s => h("span", {}, h("span", {class: "swatch", style: "background:" + s.color}), " " + s.label))));
   return box;
 }
@@ -229,7 +247,9 @@ function drawGrid() {
   for (const m of Object.values(S.metrics)) for (const r of m.rows) for (const [k, v] of Object.entries(r))
     if (k !== "step" && k !== "time" && (typeof v === "number" || v === null)) metricKeys.add(k);
   const filter = S.filter.toLowerCase();
-  const sorted = [...metricKeys].sort().filter(k => k.toLowerCase().includes(filter));
+  const rank = k => (k.startsWith("rl/") ? 0 : k.startsWith("sft/") ? 1 : k.startsWith("eval/") ? 2 : 3);
+  const sorted = [...metricKeys].sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0))
+    .filter(k => k.toLowerCase().includes(filter));
   for (const k of sorted) {
     const series = [];
     for (const key of keys) {
