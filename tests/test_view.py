@@ -115,6 +115,10 @@ def test_agent_rl_records_turns_tool_calls_and_images(runs):
     masked = [s for s in c["segments"] if not s["loss"]]
     assert any("Searched results" in s["text"] for s in masked)  # the observation is outside the loss mask
     assert c["tokens"]["in_loss"] == c["tokens"]["sampled"] > 0 and c["tokens"]["injected"] >= obs["tokens"] > 0
+    spans = c["mask_spans"]
+    assert [s[2] for s in spans] == [int(s["loss"]) for s in c["segments"]] and spans[0][0] == 0
+    assert sum(b - a for a, b, v in spans if v) == c["tokens"]["in_loss"]
+    assert spans[-1][1] == c["tokens"]["sampled"] + c["tokens"]["injected"]
     assert set(c["rewards"]) >= {"accuracy", "format", "search_penalty"}
     metrics = [json.loads(x) for x in (runs["agent"] / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["rl/search_ratio"] == sum(x["used_tool"] for x in comps) / len(comps)  # every group kept

@@ -9,7 +9,8 @@ step the first `logging.rollouts.groups` prompt groups (SFT: samples of the step
 A group: {"step", "kind" ("grpo" | "agent" | "sft"), "group", "sample_id", "category", "gold", "prompt"
 (chat messages; image parts point at "images/<sha1>.png"), "completions"}. A completion: {"index", "text",
 "turns" (assistant turns, tool calls and observations with their images), "segments" (the decoded tokens in
-runs of equal loss mask: {"text", "loss"}), "rewards" (per reward function), "reward", "advantage",
+runs of equal loss mask: {"text", "loss"}), "mask_spans" ([start, end, in_loss] token ranges of the completion's
+ids; SFT: of the whole sequence), "rewards" (per reward function), "reward", "advantage",
 "correct", "format_ok", "truncated", "used_tool", "finish_reason", "tokens" {"sampled", "injected",
 "in_loss"}, "logprob" {"mean", "min", "entropy_est"}}. `entropy_est` is the mean -log p of the sampled
 tokens, a Monte Carlo estimate of the policy's per-token entropy at the sampling temperature.
@@ -239,6 +240,7 @@ def grpo_records(rec: RolloutRecorder, step: int, last: dict, n_groups: int) -> 
                 "turns": [{"type": "assistant", "text": c.text, "round": 1, "finish": c.finish_reason,
                            "loss": bool(in_loss)}],
                 "segments": rec.segments(list(c.token_ids), [in_loss] * len(c.token_ids)),
+                "mask_spans": [[0, len(c.token_ids), in_loss]] if c.token_ids else [],
                 "rewards": rewards, "reward": _num(total[i]), "advantage": _num(adv[i]),
                 "correct": (rewards["accuracy"] > 0) if rewards.get("accuracy") is not None else None,
                 "format_ok": (rewards["format"] >= 1) if rewards.get("format") is not None else None,
@@ -287,6 +289,7 @@ def agent_records(rec: RolloutRecorder, step: int, last: dict, n_groups: int) ->
             lps = [lp for lp, m in zip(t.logprobs, t.response_mask) if m]
             rows.append({
                 "index": k, "text": t.text, "turns": turns, "segments": rec.segments(list(t.token_ids), mask),
+                "mask_spans": [list(r) for r in mask_runs(mask)],
                 "rewards": rewards, "reward": _num(d.reward), "advantage": _num(adv[i]),
                 "correct": bool(getattr(d, "correct", False)),
                 "format_ok": (float(d.format) >= 1) if hasattr(d, "format") else None,
@@ -310,6 +313,7 @@ def sft_records(rec: RolloutRecorder, step: int, encoded: list, samples_by_sourc
         mask = (e.labels >= 0).int().tolist()
         target = s.target() if s is not None and hasattr(s, "target") else None
         comp = {"index": 0, "text": target or "", "segments": rec.segments(ids, mask),
+                "mask_spans": [list(r) for r in mask_runs(mask)],
                 "turns": [{"type": "assistant", "text": target or "", "round": 1, "finish": None, "loss": True}],
                 "rewards": {}, "reward": None, "advantage": None, "correct": None, "format_ok": None,
                 "truncated": False, "used_tool": False, "finish_reason": None,
