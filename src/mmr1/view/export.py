@@ -42,7 +42,8 @@ def _data_url(path: Path | None) -> str | None:
 
 
 def _images(group: dict) -> list[str]:
-    out = [p.get("image") for m in group.get("prompt") or [] for p in m.get("content") or [] if p.get("type") == "image"]
+    out = [p.get("image") for m in group.get("prompt") or [] for p in m.get("content") or []
+           if p.get("type") == "image"]
     for c in group.get("completions") or []:
         for t in c.get("turns") or []:
             out += t.get("images") or []
