@@ -126,7 +126,8 @@ def test_agent_rl_records_turns_tool_calls_and_images(runs):
 def test_rollout_sampling_follows_the_config(tiny_dirs, tmp_path):
     cfg = load_config(None, [f"logging.run_dir={tmp_path}", "rl.prompts_per_step=2", "rollout.group_size=2",
                              "rollout.max_new_tokens=4", "rl.steps=4", "trainer.save_every=0",
-                             "logging.tensorboard=false", "logging.progress=false", "logging.rollouts.every=2", "logging.rollouts.groups=1"])
+                             "logging.tensorboard=false", "logging.progress=false", "logging.rollouts.every=2",
+                             "logging.rollouts.groups=1"])
     fit(cfg, load_model(tiny_dirs["qwen2_5_vl"]), make_world("counting", "train", 8, 0),
         RunDir(tmp_path, tensorboard=False), progress=False)
     files = sorted(p.name for p in (tmp_path / "rollouts").glob("step-*.jsonl"))
