@@ -400,7 +400,8 @@ async function renderRollouts(main, keep) {
     const nc = g.completions.filter(c => c.correct).length;
     return h("button", {class: "group" + (gi === S.ro.group ? " on" : ""), "data-group": gi, disabled: shown.length ? null : true,
       onclick: () => { S.ro.group = gi; renderRollouts(main, true); }},
-      `#${gi} ${g.sample_id || ""} · r̄ ${fmt(mean, 2)} · ${nc}/${g.completions.length} correct · ${shown.length} shown`);
+      g.kind === "sft" ? `#${gi} ${g.sample_id || ""} · gold ${fmt(g.gold)}`
+        : `#${gi} ${g.sample_id || ""} · r̄ ${fmt(mean, 2)} · ${nc}/${g.completions.length} correct · ${shown.length} shown`);
   })));
   const cur = groups[S.ro.group] || groups[0];
   if (!cur) { content.append(h("p", {class: "muted"}, "No groups in this step.")); return; }
@@ -409,7 +410,8 @@ async function renderRollouts(main, keep) {
 
 function imageEl(run, base, rel, alt) {
   const src = fileUrl(run, rel ? base + rel : null);
-  return src ? h("img", {class: "inline", src, alt: alt || rel, title: rel}) : h("span", {class: "muted"}, "[image absent]");
+  const absent = () => h("span", {class: "muted"}, "[image absent]");
+  return src ? h("img", {class: "inline", src, alt: alt || rel, title: rel, onerror: e => e.target.replaceWith(absent())}) : absent();
 }
 
 function renderGroup(run, base, g, shown) {
@@ -431,12 +433,14 @@ function renderCompletion(run, base, c) {
   const card = h("div", {class: "card completion " + cls, "data-index": c.index});
   const b = (text, kind) => h("span", {class: "badge " + (kind || "")}, text);
   card.append(h("div", {class: "badges"},
-    b("#" + c.index), b("reward " + fmt(c.reward)), b("advantage " + fmt(c.advantage), c.advantage > 0 ? "good" : c.advantage < 0 ? "bad" : ""),
+    b("#" + c.index), c.reward === null ? b("SFT target (no reward)") : b("reward " + fmt(c.reward)),
+    c.advantage === null ? null : b("advantage " + fmt(c.advantage), c.advantage > 0 ? "good" : c.advantage < 0 ? "bad" : ""),
     c.correct === null || c.correct === undefined ? null : b(c.correct ? "correct" : "wrong", c.correct ? "good" : "bad"),
     c.format_ok === false ? b("format failure", "bad") : null, c.truncated ? b("truncated", "bad") : null,
     c.used_tool ? b("used a tool") : null, c.finish_reason ? b("finish: " + c.finish_reason) : null,
     c.answer !== undefined && c.answer !== null ? b("answer: " + c.answer) : null,
-    c.tokens ? b(`tokens: ${c.tokens.sampled} sampled, ${c.tokens.injected} injected, ${c.tokens.in_loss} in loss`) : null,
+    c.tokens ? b(c.tokens.total !== undefined ? `tokens: ${c.tokens.total}, ${c.tokens.in_loss} in loss`
+      : `tokens: ${c.tokens.sampled} sampled, ${c.tokens.injected} injected, ${c.tokens.in_loss} in loss`) : null,
     c.logprob && c.logprob.mean !== undefined ? b(`log p mean ${fmt(c.logprob.mean, 2)} min ${fmt(c.logprob.min, 2)} · entropy≈${fmt(c.logprob.entropy_est, 2)}`) : null));
   const rw = Object.entries(c.rewards || {});
   if (rw.length) card.append(h("table", {class: "data rewards"}, h("tr", {}, rw.map(([k]) => h("th", {}, k)), h("th", {}, "total"), h("th", {}, "advantage")),
