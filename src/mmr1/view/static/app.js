@@ -341,6 +341,12 @@ async function loadStep() {
   if (S.ro.data && S.ro.data.groups.length && (S.ro.group === null || S.ro.group >= S.ro.data.groups.length)) S.ro.group = 0;
 }
 
+// body[data-ready] is empty while an action loads and re-renders (tests wait for it)
+async function busy(fn) {
+  document.body.dataset.ready = "";
+  try { await fn(); } finally { document.body.dataset.ready = S.tab; }
+}
+
 function tri(v, want) { return want === "any" || (want === "yes" ? v === true : v === false); }
 
 function passes(c) {
@@ -372,13 +378,13 @@ async function renderRollouts(main, keep) {
   else if (!keep && !S.ro.data) await loadSteps(false);
   const run = +S.ro.key.split("|")[0];
   const side = h("div", {class: "side"});
-  const partSel = h("select", {id: "ro-part", onchange: async e => { S.ro.key = e.target.value; S.ro.group = 0; await loadSteps(true); renderRollouts(main, true); }},
+  const partSel = h("select", {id: "ro-part", onchange: e => busy(async () => { S.ro.key = e.target.value; S.ro.group = 0; await loadSteps(true); await renderRollouts(main, true); })},
     parts.map(p => h("option", {value: p.key}, partLabel(p.run, p.part) || S.runs[p.run].name)));
   partSel.value = S.ro.key;
   side.append(h("h3", {}, "run part"), partSel);
   side.append(h("h3", {}, `step (${S.ro.steps.length} recorded)`), h("div", {class: "steps", id: "ro-steps"},
     S.ro.steps.map(s => h("button", {class: s === S.ro.step ? "on" : null, "data-step": s,
-      onclick: async () => { S.ro.step = s; S.ro.group = 0; await loadStep(); renderRollouts(main, true); }}, s))));
+      onclick: () => busy(async () => { S.ro.step = s; S.ro.group = 0; await loadStep(); await renderRollouts(main, true); })}, s))));
   side.append(h("h3", {}, "filters"), h("div", {class: "filters", id: "ro-filters"},
     h("label", {}, "reward ≥ ", h("input", {type: "number", step: "any", id: "f-min", value: S.f.min, style: "width:70px",
       onchange: e => { S.f.min = e.target.value; renderRollouts(main, true); }})),
