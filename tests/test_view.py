@@ -321,13 +321,14 @@ def test_browser_curves_rollouts_filters_evals(runs, browser, tmp_path):
         page.wait_for_selector("body[data-ready=curves]")
         # curves: the GRPO reward of the quickstart's rl/ part, SFT loss of its root, overlaid runs in one chart
         reward = page.locator(".chart[data-metric='rl/reward/mean']")
-        assert reward.locator("path.series").count() >= 2  # quickstart rl/ and the agent run, overlaid
+        assert reward.locator(".legend .swatch").count() == 2  # quickstart rl/ and the agent run, overlaid
+        assert reward.locator("path.series").count() >= 2
         assert page.locator(".chart[data-metric='sft/loss'] path.series").count() >= 1
         assert page.locator(".chart[data-metric='tool-call rate'] path.series").count() >= 1
         reward.locator("svg").hover()
         assert "agent @" in reward.locator(".readout").inner_text()  # the hover readout names each series' value
         page.select_option("#x-axis", "time")
-        assert reward.locator("path.series").count() >= 2
+        assert reward.locator(".legend .swatch").count() == 2 and reward.locator("path.series").count() >= 2
         page.fill("#metric-filter", "sft/loss")
         assert page.locator("#curves .chart").count() == 1
         page.screenshot(path=str(tmp_path / "curves.png"))
@@ -413,7 +414,8 @@ def test_export_is_self_contained(runs, browser, tmp_path):
         page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
         page.goto(out.as_uri())
         page.wait_for_selector("body[data-ready=curves]")
-        assert page.locator(".chart[data-metric='rl/reward/mean'] path.series").count() >= 2
+        chart = page.locator(".chart[data-metric='rl/reward/mean']")
+        assert chart.locator(".legend .swatch").count() == 2 and chart.locator("path.series").count() >= 2
         _rollout_checks(page, "agent")
         img = page.locator("#group .observation img.inline").first
         assert img.get_attribute("src").startswith("data:image/png;base64,")
@@ -423,3 +425,22 @@ def test_export_is_self_contained(runs, browser, tmp_path):
         page.click("#tabs button[data-tab=evals]")
         page.wait_for_selector("#ev-table")
         assert not requests, requests  # nothing fetched from anywhere
+
+
+@pytest.mark.slow
+def test_browser_reads_a_run_from_before_rollouts(runs, browser, tmp_path):
+    """A run written before rollouts were recorded (metrics and eval predictions only): shown, absent parts said."""
+    old = tmp_path / "old"
+    shutil.copytree(runs["qs"], old, ignore=shutil.ignore_patterns("rollouts", "rl", "summary.json", "checkpoints",
+                                                                    "final", "model"))
+    with viewer(old) as base, page_of(browser, tmp_path, "old") as page:
+        page.goto(base + "/")
+        page.wait_for_selector("body[data-ready=curves]")
+        assert page.locator(".chart[data-metric='sft/loss'] path.series").count() >= 1
+        page.click("#tabs button[data-tab=rollouts]")
+        page.wait_for_selector("#no-rollouts")
+        page.click("#tabs button[data-tab=tables]")
+        page.wait_for_selector("body[data-ready=tables]")
+        assert "No summary.json" in page.inner_text("#main")
+        page.click("#tabs button[data-tab=evals]")
+        page.wait_for_selector("#ev-table")
