@@ -382,9 +382,21 @@ async function renderRollouts(main, keep) {
     parts.map(p => h("option", {value: p.key}, partLabel(p.run, p.part) || S.runs[p.run].name)));
   partSel.value = S.ro.key;
   side.append(h("h3", {}, "run part"), partSel);
-  side.append(h("h3", {}, `step (${S.ro.steps.length} recorded)`), h("div", {class: "steps", id: "ro-steps"},
-    S.ro.steps.map(s => h("button", {class: s === S.ro.step ? "on" : null, "data-step": s,
-      onclick: () => busy(async () => { S.ro.step = s; S.ro.group = 0; await loadStep(); await renderRollouts(main, true); })}, s))));
+  const go = s => busy(async () => { S.ro.step = s; S.ro.group = 0; await loadStep(); await renderRollouts(main, true); });
+  let stepsEl;
+  if (S.ro.steps.length <= 60) {
+    stepsEl = h("div", {class: "steps", id: "ro-steps"}, S.ro.steps.map(s => h("button", {class: s === S.ro.step ? "on" : null, "data-step": s, onclick: () => go(s)}, s)));
+  } else {  // a long run: a list of steps with previous / next
+    const at = S.ro.steps.indexOf(S.ro.step);
+    const sel = h("select", {id: "ro-step-select", onchange: e => go(+e.target.value)}, S.ro.steps.map(s => h("option", {value: s}, s)));
+    sel.value = S.ro.step;
+    stepsEl = h("div", {class: "steps", id: "ro-steps"},
+      h("button", {disabled: at <= 0 ? true : null, onclick: () => go(S.ro.steps[0])}, "«"),
+      h("button", {disabled: at <= 0 ? true : null, onclick: () => go(S.ro.steps[at - 1])}, "‹"), sel,
+      h("button", {disabled: at >= S.ro.steps.length - 1 ? true : null, onclick: () => go(S.ro.steps[at + 1])}, "›"),
+      h("button", {disabled: at >= S.ro.steps.length - 1 ? true : null, onclick: () => go(S.ro.steps[S.ro.steps.length - 1])}, "»"));
+  }
+  side.append(h("h3", {}, `step (${S.ro.steps.length} recorded)`), stepsEl);
   side.append(h("h3", {}, "filters"), h("div", {class: "filters", id: "ro-filters"},
     h("label", {}, "reward ≥ ", h("input", {type: "number", step: "any", id: "f-min", value: S.f.min, style: "width:70px",
       onchange: e => { S.f.min = e.target.value; renderRollouts(main, true); }})),
