@@ -1,4 +1,4 @@
-"""`mmr1` command line: tiny-model, data, sft, eval, quickstart, config."""
+"""`mmr1` command line: tiny-model, data, sft, eval, quickstart, view, config."""
 
 from __future__ import annotations
 
@@ -280,6 +280,25 @@ cmd_mmsearch = _experiment("mmsearch", "mmsearch_r1_cpu", "results.md, results.j
 cmd_retrv = _experiment("retrv", "retrv_r1_cpu", "results.md, results.json")
 
 
+def cmd_view(a) -> int:
+    from .view.data import open_runs
+
+    if a.export:
+        from .view.export import export
+
+        out = export(a.runs, a.export, steps=a.export_steps)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained; open it in any browser)")
+        return 0
+    from .view.app import serve
+
+    open_runs(a.runs)  # a path that is not a run fails here, in one line, before anything listens
+    try:
+        serve(a.runs, host=a.host, port=a.port)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_config(a) -> int:
     import yaml
 
@@ -470,6 +489,23 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "get 503 (default: 128)")
     sv.set_defaults(fn=cmd_serve)
 
+    vw = sub.add_parser("view", help="browse runs in a local web app: curves, tables, rollouts, eval predictions",
+                        description="Serve RUN directories read-only at http://HOST:PORT/: every metric per step "
+                                    "(runs overlaid, smoothing, x by step or time), summary.json/results.json as "
+                                    "tables, the recorded rollouts (step -> group -> completion: images, turns, tool "
+                                    "calls and observations, loss-mask shading, rewards, advantage, filters), eval "
+                                    "predictions (filters, side-by-side of two eval sets) and the tool-call rate with "
+                                    "a warning when it halves while the reward rises. Refresh reads new steps of a "
+                                    "run still training. With --export, write one self-contained HTML file instead.")
+    vw.add_argument("runs", nargs="+", metavar="RUN", help="run directories (e.g. runs/quickstart); several overlay")
+    vw.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    vw.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one and prints it)")
+    vw.add_argument("--export", metavar="FILE.html", help="write a self-contained HTML report (curves, tables, a "
+                                                          "sample of rollouts with images inlined) and exit")
+    vw.add_argument("--export-steps", type=int, default=3, metavar="N",
+                    help="recorded rollout steps per run part in the export: first, last, evenly between (default 3)")
+    vw.set_defaults(fn=cmd_view)
+
     cf = sub.add_parser("config", help="list every config key, or print a resolved config",
                         description="Without arguments: every config key with its type, default and meaning. "
                                     "With a file/recipe and overrides: the resolved config as YAML.")
@@ -486,10 +522,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for h in logging.getLogger().handlers:
         h.setLevel(logging.INFO if rank0 else logging.WARNING)
-    _quiet_libraries()
-    from . import dist
+    if a.fn is cmd_view:  # the viewer reads JSON and serves files: it starts without torch or transformers
+        dist = None
+    else:
+        _quiet_libraries()
+        from . import dist
 
     try:
+        if dist is None:
+            return a.fn(a)
         if dist.world_size() > 1 and a.fn not in (cmd_sft, cmd_grpo):
             raise MMR1Error(f"`mmr1 {a.command}` runs in one process; under torchrun run `mmr1 sft` or `mmr1 grpo` "
                             f"(data parallel), and evaluate or run the experiments without torchrun")
@@ -504,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped: {e or 'interrupted'}", file=sys.stderr)
         return 130
     finally:
-        dist.close()
+        if dist is not None:
+            dist.close()
 
 
 if __name__ == "__main__":

@@ -168,11 +168,19 @@ class RLConfig:
 
 
 @dataclass
+class RolloutsLogConfig:
+    enabled: bool = _f(True, "write sampled rollouts (SFT: trained samples) to RUN/rollouts/ for `mmr1 view`")
+    every: int = _f(1, "record every N-th step", min=1)
+    groups: int = _f(2, "prompt groups recorded per recorded step (SFT: samples of the step's batch)", min=1)
+
+
+@dataclass
 class LoggingConfig:
     run_dir: str = _f("runs/default", "run directory (config, logs, metrics, checkpoints, predictions)")
     log_every: int = _f(10, "write step metrics every N steps", min=1)
     tensorboard: bool = _f(True, "write TensorBoard event files")
     progress: bool = _f(True, "show progress bars")
+    rollouts: RolloutsLogConfig = field(default_factory=RolloutsLogConfig)
 
 
 @dataclass

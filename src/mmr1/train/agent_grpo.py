@@ -298,6 +298,8 @@ class AgentGRPOStep(PolicyUpdate):
         m.update(agg)
         m.update({f"time/{k}": v for k, v in times.items()})
         m = dist.mean_dict_across_ranks({k: float(v) for k, v in m.items()})
+        self.last = {"kind": "agent", "G": G, "samples": rows_sample, "trajs": trajs, "details": details, "adv": adv,
+                     "system_prompt": cfg.data.system_prompt, "mask_truncated": rc.mask_truncated}  # RolloutRecorder
         return StepOutput(m, 0)
 
 

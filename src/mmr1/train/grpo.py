@@ -313,6 +313,8 @@ class GRPOStep(PolicyUpdate):
         m.update({k: v for k, v in agg.items()})
         m.update({f"time/{k}": v for k, v in times.items()})
         m = dist.mean_dict_across_ranks(m)
+        self.last = {"kind": "grpo", "samples": samples, "prompts": prompts, "groups": groups, "per_fn": sc.per_fn,
+                     "total": sc.total, "adv": adv, "mask_truncated": rc.mask_truncated}  # for RolloutRecorder
         return StepOutput(m, int(dist.sum_across_ranks(sum(sc.errors.values()))))
 
 
@@ -332,8 +334,10 @@ def rl_loop(cfg: Config, lm, runner, run: RunDir, result, histories: tuple[str, 
     histories (`record(result, metrics)` adds a loop's own), metrics, periodic checkpoints and evaluation,
     a checkpoint on Ctrl-C, then RUN/final."""
     from ..ui import progress_bar
+    from .rollouts import RolloutRecorder
 
     rc, tc, model = cfg.rl, cfg.trainer, lm.model
+    recorder = RolloutRecorder.for_run(run, cfg, lm)
     opt, sched = runner.opt, runner.sched
     ckpt = Checkpointer(run.path / "checkpoints", keep=tc.keep_checkpoints)
     step = 0
@@ -355,6 +359,7 @@ def rl_loop(cfg: Config, lm, runner, run: RunDir, result, histories: tuple[str, 
                 out = runner.run(step)
                 m = out.metrics
                 step += 1
+                recorder.after_rl_step(step, runner, m)
                 result.reward_history.append(m["reward/mean"])
                 result.accuracy_history.append(m["accuracy"])
                 result.beta_history.append(m["beta"])

@@ -23,6 +23,7 @@ from .. import dist
 from ..models.forward import hidden_states, set_gradient_checkpointing, shift_labels, unwrap
 from ..models.overrides import OVERRIDES_KEY
 from .checkpoint import Checkpointer, StopOnSignal, seed_everything
+from .rollouts import RolloutRecorder
 from .run_dir import RunDir
 from .schedule import lr_multiplier
 
@@ -128,6 +129,8 @@ def train_sft(cfg: Config, lm, train_samples, run: RunDir, eval_fn=None, progres
             order_cache[epoch] = bucketed_batches(lengths, tc.batch_size, tc.seed, epoch)
         return order_cache[epoch][pos]
 
+    recorder = RolloutRecorder.for_run(run, cfg, lm)
+    by_source = {(s.source or s.id): s for s in train_samples} if recorder.active else {}
     loss_val = float("nan")
     with StopOnSignal() as stop, progress_bar("sft", total, enabled=progress) as advance:
         advance(step)
@@ -153,6 +156,7 @@ def train_sft(cfg: Config, lm, train_samples, run: RunDir, eval_fn=None, progres
             step += 1
             micro += tc.grad_accum
             loss_val = total_loss / max(1, n_tok)
+            recorder.after_sft_step(step, [encoded[j] for b in idx for j in b], by_source)
             advance(1)
             if step % cfg.logging.log_every == 0 or step == total:
                 run.log_metrics(step, {"loss": loss_val, "lr": sched.get_last_lr()[0],
